@@ -1,0 +1,111 @@
+"""One tokenizer interface for every model: char, word, BPE (trained with `tokenizers`) or GPT-2's.
+
+    tok("some text")        -> [ids]          (no BOS is prepended; see below)
+    tok(["a", "b"])          -> [[ids], [ids]]
+    tok.decode(ids)          -> "text"
+    tok.tokens(ids)          -> ["tok", ...]   (token strings, for display)
+    tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id
+
+BOS convention: encoding never adds tokens. There is a single separator token, `<eos>`
+(GPT-2: `<|endoftext|>`), that ends every line and also serves as BOS and padding
+(padding is always masked out). Training samples start with it, so to score a text the way
+training saw it, put `tok.bos_id` in front: `LM.perplexities` and `LM.sample` do this.
+
+Saved as one `tokenizer.json` (the `tokenizers` library's own format, no pickles).
+"""
+from pathlib import Path
+from typing import Iterable, List, Optional, Union
+
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+EOS = "<eos>"
+UNK = "<unk>"
+GPT2_EOS = "<|endoftext|>"
+KINDS = ("char", "word", "bpe", "gpt2")
+
+
+class Tokenizer:
+    """A thin wrapper over a `tokenizers.Tokenizer` with the special ids every model needs."""
+
+    def __init__(self, hf_tokenizer: HFTokenizer):
+        self.hf = hf_tokenizer
+        eos = EOS if hf_tokenizer.token_to_id(EOS) is not None else GPT2_EOS
+        self.eos_id: int = hf_tokenizer.token_to_id(eos)
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer has neither {EOS!r} nor {GPT2_EOS!r}: cannot mark line ends")
+        self.bos_id: int = self.eos_id
+        self.pad_id: int = self.eos_id
+        self.unk_id: Optional[int] = hf_tokenizer.token_to_id(UNK)
+        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    # ---- building -------------------------------------------------------------------
+    @classmethod
+    def train(cls, kind: str, texts: Iterable[str], vocab_size: int = 10000, min_count: int = 1,
+              lowercase: bool = False) -> "Tokenizer":
+        """Train a char, word or bpe tokenizer on `texts` (the training split)."""
+        if kind == "char":
+            tok = HFTokenizer(models.WordLevel(unk_token=UNK))
+            tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+            tok.decoder = decoders.Fuse()
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count,
+                                                special_tokens=[EOS, UNK])
+        elif kind == "word":
+            tok = HFTokenizer(models.WordLevel(unk_token=UNK))
+            tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count,
+                                                special_tokens=[EOS, UNK])
+        elif kind == "bpe":
+            tok = HFTokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=max(min_count, 2),
+                                          special_tokens=[EOS],
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        else:
+            raise ValueError(f"unknown tokenizer kind {kind!r}: choose one of {', '.join(KINDS)}")
+        if lowercase:
+            tok.normalizer = normalizers.Lowercase()
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def gpt2(cls, name_or_path: str = "gpt2") -> "Tokenizer":
+        """GPT-2's byte-level BPE through `transformers`: a local folder (vocab.json + merges.txt
+        or tokenizer.json) or a hub name such as "gpt2"."""
+        from transformers import GPT2TokenizerFast
+        return cls(GPT2TokenizerFast.from_pretrained(str(name_or_path)).backend_tokenizer)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "Tokenizer":
+        """Load from a `tokenizer.json` file (or a folder holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        return cls(HFTokenizer.from_file(str(path)))
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write `tokenizer.json` (give a file path or a folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        self.hf.save(str(path))
+
+    # ---- using ----------------------------------------------------------------------
+    def __call__(self, text: Union[str, List[str]]) -> Union[List[int], List[List[int]]]:
+        if isinstance(text, str):
+            return self.hf.encode(text, add_special_tokens=False).ids
+        return [e.ids for e in self.hf.encode_batch(list(text), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def tokens(self, ids: Iterable[int]) -> List[str]:
+        """The token string of each id (for labels and `show_sample`)."""
+        return [self.hf.id_to_token(int(i)) for i in ids]
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, eos/bos/pad={self.eos_id}, unk={self.unk_id})"
