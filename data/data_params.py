@@ -13,7 +13,7 @@ class DataParams:
     dataset_name: str = "ptb"  # task: ptb, shakespeare, wikitext-2, a synthetic task (copy, sort, ...) or a folder {data path}/{name}/
     max_seq_len: int = 64  # tokens the model reads per sample (a stream block holds one more token, the last target)
     sample_mode: str = "auto"  # "lines" (one sample per line, padded), "stream" (text cut into max_seq_len blocks) or "auto" (the task's default)
-    tokenizer: str = "auto"  # "char", "word", "bpe", "gpt2" or "auto" (the task's default)
+    tokenizer: str = "auto"  # "char", "word", "bpe", "gpt2", a path to a tokenizer.json, or "auto" (the task's default)
     vocab_size: int = 16384  # cap on the vocabulary of word and bpe tokenizers (special tokens included)
     min_count: int = 1  # word tokenizer: words seen fewer times in train become <unk>
     lowercase: bool = False  # lowercase text before tokenizing

@@ -37,7 +37,9 @@ class Tokenizer:
         self.bos_id: int = self.eos_id
         self.pad_id: int = self.eos_id
         self.unk_id: Optional[int] = hf_tokenizer.token_to_id(UNK)
-        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        # one past the largest id, so an embedding of this size can hold every id even if the
+        # vocabulary has holes (a tokenizer.json written elsewhere may have them)
+        self.vocab_size: int = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
     # ---- building -------------------------------------------------------------------
     @classmethod
@@ -49,18 +51,21 @@ class Tokenizer:
             tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
             tok.decoder = decoders.Fuse()
             trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count,
-                                                special_tokens=[EOS, UNK])
+                                                special_tokens=[EOS, UNK], show_progress=False)
         elif kind == "word":
             tok = HFTokenizer(models.WordLevel(unk_token=UNK))
             tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
             trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count,
-                                                special_tokens=[EOS, UNK])
+                                                special_tokens=[EOS, UNK], show_progress=False)
+            # The trainer would count a literal "<unk>" in the text (PTB has 45k) as a word, give it a
+            # frequency-ranked id and leave its reserved id unused (ids up to vocab_size, one too many).
+            texts = (t.replace(UNK, " ").replace(EOS, " ") for t in texts)
         elif kind == "bpe":
             tok = HFTokenizer(models.BPE())
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
             trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=max(min_count, 2),
-                                          special_tokens=[EOS],
+                                          special_tokens=[EOS], show_progress=False,
                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         else:
             raise ValueError(f"unknown tokenizer kind {kind!r}: choose one of {', '.join(KINDS)}")

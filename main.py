@@ -1,0 +1,259 @@
+"""Train language models from config files: `python3 main.py --config=test-nlp --task=ptb --no-wandb`.
+
+    --config=NAME     configs/NAME.txt and every configs/NAME-*.txt, each expanded into its sweep
+    --set KEY=VALUE   override any field (`lr=3e-4`, `ModelParams.max_seq_len=128`; a list sweeps)
+    --dry-run         print the runs this would start, one line each, and exit
+    --list-params     every field of DataParams, ModelParams, TrainParams with its default and description
+
+Argument parsing imports nothing heavy (no torch/lightning), so `--help`, `--dry-run` and config
+errors answer at once; training code is imported inside `run_all`.
+"""
+import argparse
+import copy
+import hashlib
+import os
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from config_parser import ConfigError, RunSpec, format_literal, format_params_list, load_runs
+
+MAIN_PROJ = "base"  # wandb projects are named f"{MAIN_PROJ}-{config}-{task}"
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_SAVE_DIR = REPO.parent / "saved-models"
+
+
+class Namer:
+    """Names one run: its wandb project, its wandb run name and its save folder.
+
+    Holds the run's params, the command-line args, `config_name` (the run's config file without
+    .txt: with --config=test, "test-nlp" or "test-synth"), `timestamp` (its start, unique in the
+    process) and `varying` (the fields swept in this run's config, plus "ablation" with --ablate
+    -> their values here). Edit `run_name` to name runs your way.
+    """
+
+    _timestamps_taken: set = set()  # timestamps given out in this process, so each run gets its own
+
+    def __init__(self, data_params: Any, model_params: Any, train_params: Any, args: argparse.Namespace,
+                 varying: Optional[Dict[str, Any]] = None, config_name: Optional[str] = None):
+        self.data_params = data_params
+        self.model_params = model_params
+        self.train_params = train_params
+        self.args = args
+        self.varying: Dict[str, Any] = dict(varying or {})
+        self.config_name: str = config_name or Path(str(getattr(args, "config", None) or "no-config")).stem
+        self.timestamp: str = self._new_timestamp()
+        self._save_folder: Optional[str] = None
+
+    def wandb_proj_name(self) -> str:
+        return (getattr(self.args, "wandb_proj_name", None)
+                or safe_name(f"{MAIN_PROJ}-{self.config_name}-{self.data_params.dataset_name}"))
+
+    def run_name(self) -> Optional[str]:
+        """The wandb run name and the run part of the save folder. None (nothing swept) lets wandb
+        pick a random name and saves under "default". To name runs your way, replace the return
+        line, e.g. with: return f"relu-{self.model_params.relu_after_first}"
+        """
+        return name_from_varying(self.varying)
+
+    def save_folder_name(self) -> str:
+        """`{save_dir}/{config}/{task}/{run name or "default"}/{timestamp}`. Decided on the first call.
+        Timestamps identify runs (model_explorer loads by timestamp), so if a run under the save dir
+        already has this one, it gets a -1, -2, ... suffix (self.timestamp changes with it)."""
+        if self._save_folder is None:
+            save_dir = Path(getattr(self.args, "save_dir", None) or DEFAULT_SAVE_DIR)
+            if self._timestamp_on_disk(save_dir, self.timestamp):
+                self.timestamp = self._claim_timestamp(self.timestamp[:len("2024-04-22--16-17-00")], save_dir)
+            run_name = self.run_name()
+            run_folder = safe_name(run_name) if run_name else "default"
+            task = safe_name(self.data_params.dataset_name)
+            folder = save_dir / safe_name(self.config_name) / task / run_folder / self.timestamp
+            self._save_folder = str(folder)
+        return self._save_folder
+
+    @classmethod
+    def _new_timestamp(cls) -> str:
+        return cls._claim_timestamp(datetime.now().strftime("%Y-%m-%d--%H-%M-%S"))
+
+    @classmethod
+    def _claim_timestamp(cls, base: str, save_dir: Optional[Path] = None) -> str:
+        """`base`, or `base-1`, `base-2`, ... if this process gave it to another run or a saved run has it."""
+        stamp, n = base, 0
+        while stamp in cls._timestamps_taken or (save_dir and cls._timestamp_on_disk(save_dir, stamp)):
+            n += 1
+            stamp = f"{base}-{n}"
+        cls._timestamps_taken.add(stamp)
+        return stamp
+
+    @staticmethod
+    def _timestamp_on_disk(save_dir: Path, timestamp: str) -> bool:
+        return any(save_dir.glob(f"*/*/*/{timestamp}"))
+
+
+def name_from_varying(varying: Dict[str, Any]) -> Optional[str]:
+    """"n_layers=4,lr=0.0003" from the swept fields and their values; None when nothing is swept."""
+    if not varying:
+        return None
+    return safe_name(",".join(f"{key}={format_value(value)}" for key, value in varying.items()))
+
+
+def format_value(value: Any) -> str:
+    """Short text for a value in a run name: 3e-4 -> "0.0003", "custom-transformer" as is, [64, 32] -> "64-32"."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(format_value(v) for v in value)
+    return str(value)
+
+
+def safe_name(name: str, max_len: int = 120) -> str:
+    """Keep a run name usable as a folder name everywhere: no slashes, spaces or odd characters, not too long."""
+    name = re.sub(r"[^\w.=,+\-]", "_", name)
+    if len(name) > max_len:
+        name = name[:max_len - 9] + "-" + hashlib.md5(name.encode()).hexdigest()[:8]
+    return name
+
+
+# ---- ablations --------------------------------------------------------------------------------
+
+
+def swap_layer_architecture(data_params: Any, model_params: Any, train_params: Any) -> None:
+    """The same model built from the other layer implementation (fused torch layers <-> our editable one)."""
+    is_torch = model_params.layer_architecture == "torch-transformer"
+    model_params.layer_architecture = "custom-transformer" if is_torch else "torch-transformer"
+
+
+def runs_with_ablations(runs: Sequence[RunSpec], ablations: Sequence[Tuple[str, Callable]]) -> List[RunSpec]:
+    """Each run, followed by one copy per ablation with that ablation applied to its params.
+    The ablation name goes into `varying` ("none" for the original) so run names tell them apart."""
+    expanded = []
+    for run in runs:
+        expanded.append(RunSpec(run.config_path, run.config_name, run.params,
+                                {**run.varying, "ablation": "none"}, run.overrides))
+        for name, ablate in ablations:
+            params = copy.deepcopy(run.params)
+            ablate(params["DataParams"], params["ModelParams"], params["TrainParams"])
+            expanded.append(RunSpec(run.config_path, run.config_name, params,
+                                    {**run.varying, "ablation": name}, run.overrides))
+    return expanded
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+def describe_run(run: RunSpec) -> str:
+    """One line: config file, task, swept values, --set values."""
+    path = run.config_path.resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    parts = [str(shown), f"task={run.params['DataParams'].dataset_name}"]
+    parts += [f"{key}={format_literal(value)}" for key, value in run.varying.items()]
+    overrides = {key: value for key, value in run.overrides.items() if key != "dataset_name"}  # shown as task
+    if overrides:
+        parts.append("(--set " + " ".join(f"{key}={format_literal(value)}" for key, value in overrides.items())
+                     + ")")
+    return "  ".join(parts)
+
+
+def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Train every run in order (or, with --dry-run, print them); returns run_training's results."""
+    # Ablations for --ablate: (name, function editing a run's DataParams, ModelParams, TrainParams
+    # in place). Every run is followed by one extra run per ablation. Add yours to this list.
+    ablations: List[Tuple[str, Callable]] = [
+        ("swap-layer-architecture", swap_layer_architecture),
+    ]
+    if args.ablate:
+        runs = runs_with_ablations(runs, ablations)
+
+    if args.dry_run:
+        for i, run in enumerate(runs, start=1):
+            print(f"[{i}/{len(runs)}] {describe_run(run)}")
+        return []
+
+    from train.run import run_training  # heavy (torch, lightning): imported only when training
+
+    results = []
+    for i, run in enumerate(runs, start=1):
+        print(f"=== run {i}/{len(runs)}: {describe_run(run)}", flush=True)
+        namer = Namer(run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"], args,
+                      varying=run.varying, config_name=run.config_name)
+        results.append(run_training(namer))
+    if len(runs) > 1:
+        print_summary(runs, results)
+    return results
+
+
+def print_summary(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) -> None:
+    print("\n=== summary")
+    for run, result in zip(runs, results):
+        losses = "  ".join(f"{k}={result[k]:.4f}" for k in ("val_loss", "test_loss")
+                           if isinstance(result, dict) and isinstance(result.get(k), (int, float)))
+        print(f"{losses}  {describe_run(run)}")
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train small decoder-only language models from config files (configs/*.txt).",
+        epilog="Example: python3 main.py --config=test-nlp --task=ptb --no-wandb")
+    parser.add_argument("--config", help="NAME runs configs/NAME.txt (if it exists) and every configs/NAME-*.txt; "
+                                         "a path to a .txt file runs that file")
+    parser.add_argument("--task", help="dataset to train on; overrides DataParams.dataset_name "
+                                       "(e.g. ptb, shakespeare, sort)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+                        help="override a field, e.g. --set lr=3e-4 or --set ModelParams.max_seq_len=128 "
+                             "(Section.key when several sections have the name); a list sweeps; repeatable")
+    parser.add_argument("--save", action="store_true", help="save each trained model under --save-dir")
+    parser.add_argument("--save-dir", default=str(DEFAULT_SAVE_DIR),
+                        help="root of saved runs: {save_dir}/{config}/{task}/{run name}/{timestamp} "
+                             "(default: %(default)s)")
+    parser.add_argument("--resume", metavar="PATH", help="continue training the run saved in this folder")
+    parser.add_argument("--data-path", metavar="PATH",
+                        help="data folder (default: env LM_DATA_PATH, then data-path.txt files)")
+    parser.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
+    parser.add_argument("--wandb-proj-name", help=f"wandb project (default: {MAIN_PROJ}-{{config}}-{{task}})")
+    parser.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"),
+                        help="wandb user or team (default: env WANDB_ENTITY, now %(default)s)")
+    parser.add_argument("--gpu-id", type=int, default=0, metavar="N",
+                        help="CUDA device to train on; runs on CPU when CUDA is missing (default: %(default)s)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="after each run, also run its ablations (defined in run_all in main.py)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs, one line each, and exit")
+    parser.add_argument("--list-params", action="store_true",
+                        help="list every field of DataParams, ModelParams, TrainParams and exit")
+    return parser
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    for flag, path in (("--resume", args.resume), ("--data-path", args.data_path)):
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{flag}={path}: no such file or folder.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list_params:
+            print(format_params_list())
+            return []
+        if not args.config:
+            parser.error("--config is required, e.g. --config=test-nlp (configs/*.txt lists them)")
+        check_paths(args)
+        runs = load_runs(args.config, args.set, args.task)
+        if args.resume and (len(runs) > 1 or args.ablate):
+            raise ConfigError(f"--resume continues one run, but --config={args.config} with these flags makes "
+                              f"{len(runs)} run(s){' plus ablations' if args.ablate else ''}; "
+                              f"resume them one at a time.")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return run_all(runs, args)
+
+
+if __name__ == "__main__":
+    main()
