@@ -1,0 +1,305 @@
+"""LM: a decoder-only language model, the object you train, sample from and inspect.
+
+    lm = LM(model_params, tokenizer)
+    logits = lm("some text")                               # [1, seq, vocab]
+    out = lm(x, get_embeddings=True, get_attn=True)        # {"logits", "embeddings", "attns"}
+    lm.sample(pref="The", max_seq_len=50, temperature=0.8)
+    mean_ppl, max_ppl, min_ppl, n_tokens, per_token = lm.perplexities(["a text", "another"])
+
+Names that edits rely on: `lm.decoder` (the Transformer; `lm.decoder.layers` are its blocks),
+`lm.n_tokens` (vocabulary size), `lm.tokenizer`, `lm.model_params`.
+Parameters: embedding.weight, pos_embedding.weight (learned positions only), decoder.layers.{i}.*
+(as nn.TransformerEncoderLayer), decoder.final_norm.*, out_proj.weight (tied to embedding.weight
+when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
+"""
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from data.tokenizer import Tokenizer
+from model.model_params import ModelParams
+from model.perplexity import perplexities
+from model.sampling import check_sampling_args, generate
+from model.transformer.kv_cache import KVCache
+from model.transformer.transformer import LAYER_ARCHITECTURES, Transformer
+from model.transformer.transformerencoderlayer import ACTIVATIONS, SelfAttention, ff_width
+
+POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "none")
+InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
+
+
+class LM(nn.Module):
+    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer):
+        super().__init__()
+        check_model_params(model_params)
+        mp = self.model_params = model_params
+        self.tokenizer = tokenizer
+        self.n_tokens: int = tokenizer.vocab_size
+        # Construction draws random numbers that differ between the two layer architectures; undo them,
+        # so that init_weights draws the same weights for the same seed whichever architecture is used.
+        with torch.random.fork_rng(devices=[]):
+            self.embedding = nn.Embedding(self.n_tokens, mp.dim)
+            self.pos_embedding = nn.Embedding(mp.max_seq_len, mp.dim) if mp.positional_encoding == "learned" else None
+            if mp.positional_encoding == "sinusoidal":
+                self.register_buffer("pos_encoding", sinusoidal_positions(mp.max_seq_len, mp.dim), persistent=False)
+            else:
+                self.pos_encoding = None
+            self.dropout = nn.Dropout(mp.dropout)  # on the input embeddings
+            self.decoder = Transformer(mp)
+            self.out_proj = nn.Linear(mp.dim, self.n_tokens, bias=False)
+        if mp.tie_embeddings:
+            self.out_proj.weight = self.embedding.weight
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) for embeddings and linear weights, with the residual
+        projections (attention out_proj, linear2) scaled by 1/sqrt(2 * n_layers); zero biases;
+        LayerNorm gain 1. Applies to these module types wherever they are (your added nn.Linear too);
+        parameters of other modules keep their own init."""
+        residual_std = 0.02 / math.sqrt(2 * self.model_params.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (SelfAttention, nn.MultiheadAttention)):
+                nn.init.normal_(module.in_proj_weight, 0.0, 0.02)
+                if module.in_proj_bias is not None:
+                    nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.Linear) and not (module is self.out_proj and self.model_params.tie_embeddings):
+                is_residual = name.endswith(("self_attn.out_proj", "linear2"))
+                nn.init.normal_(module.weight, 0.0, residual_std if is_residual else 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ---- forward ----------------------------------------------------------------------
+    def forward(self, x: InputIds, get_embeddings: bool = False, get_attn: bool = False,
+                kv_cache: Optional[KVCache] = None) -> Union[Tensor, Dict[str, Tensor]]:
+        """Logits [batch, seq, vocab] for x: a string, a list of ids, a 1-D tensor (float tensors of
+        whole numbers too, as torch.Tensor(ids) gives) or a [batch, seq] tensor (right-padded batches
+        need no mask: causal attention never lets a real token see the padding after it).
+
+        get_embeddings / get_attn: return a dict with "logits" and
+          "embeddings" [batch, n_layers + 1, seq, dim]: entry 0 is the input embedding (tokens +
+             positions), entry i the residual stream after block i (the last before final_norm);
+          "attns" [batch, n_layers, n_heads, seq, seq]: attention weights, query x key.
+        kv_cache: a cache holding the earlier tokens' keys/values (sampling); x are the next tokens.
+        """
+        attn_requests = None  # per-batch information for the attention function; set it after the assert below
+        x = self.as_batch(x)
+        cond, msg = self.check_input(x, kv_cache)
+        assert cond, msg
+        past = kv_cache.length if kv_cache is not None else 0
+        h = self.embed(x, past)
+        h, embeddings, attns = self.decoder(h, attn_requests=attn_requests, kv_cache=kv_cache,
+                                            get_embeddings=get_embeddings, get_attn=get_attn)
+        logits = self.out_proj(h)
+        if not (get_embeddings or get_attn):
+            return logits
+        out = {"logits": logits}
+        if get_embeddings:
+            out["embeddings"] = torch.stack(embeddings, dim=1)
+        if get_attn:
+            out["attns"] = torch.stack(attns, dim=1)
+        return out
+
+    def as_batch(self, x: InputIds) -> Tensor:
+        """Any accepted input form -> [batch, seq] LongTensor on the model's device."""
+        if isinstance(x, str):
+            x = self.tokenizer(x)
+        if isinstance(x, (list, tuple)):
+            try:
+                x = torch.tensor(x, dtype=torch.long)
+            except (ValueError, TypeError) as e:
+                raise ValueError("could not make a [batch, seq] tensor of this list: give one list of ids, or a list "
+                                 "of equally long id lists (pad them, e.g. with data.dataloader.mycollate)") from e
+        if not isinstance(x, Tensor):
+            raise TypeError(f"LM input must be a string, a list of token ids or a tensor, got {type(x).__name__}")
+        if x.is_floating_point():
+            if not torch.equal(x, x.round()):
+                raise ValueError("LM input is a float tensor with non-whole values: token ids must be whole numbers")
+            x = x.long()
+        elif x.dtype not in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"LM input tensor must hold token ids (an integer or float dtype), got {x.dtype}")
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.dim() != 2:
+            raise ValueError(f"LM input must be one sequence or a [batch, seq] batch, got shape {tuple(x.shape)}")
+        return x.to(device=self.device, dtype=torch.long)
+
+    def check_input(self, x: Tensor, kv_cache: Optional[KVCache] = None) -> Tuple[bool, str]:
+        """(True, "") when x [batch, seq] can be read, else (False, what is wrong and how to fix it)."""
+        past = kv_cache.length if kv_cache is not None else 0
+        max_len = self.model_params.max_seq_len
+        if x.numel() == 0:
+            return False, f"empty input (shape {tuple(x.shape)}): give at least one token, e.g. [lm.tokenizer.bos_id]"
+        if past + x.shape[1] > max_len:
+            past_note = f" after {past} cached tokens" if past else ""
+            return False, (f"input of {x.shape[1]} tokens{past_note} is longer than the model's context "
+                           f"(model_params.max_seq_len = {max_len}): keep the last {max_len - past}, e.g. x[:, -{max_len - past}:]")
+        # Checking id values reads them back from the device: skip it while training on an accelerator
+        # (a sync every step; the ids come from the tokenizer there) and under torch.compile (a graph break).
+        if (self.training and x.device.type != "cpu") or torch.compiler.is_compiling():
+            return True, ""
+        lowest, highest = torch.stack(torch.aminmax(x)).tolist()
+        if lowest < 0 or highest >= self.n_tokens:
+            return False, (f"token ids must be in [0, {self.n_tokens - 1}] (the tokenizer's vocabulary), got ids "
+                           f"from {lowest} to {highest}: encode text with lm.tokenizer")
+        return True, ""
+
+    def embed(self, x: Tensor, past: int = 0) -> Tensor:
+        """Token ids [batch, seq] at positions past..past+seq-1 -> input embeddings [batch, seq, dim]."""
+        h = self.embedding(x)
+        positions = slice(past, past + x.shape[1])
+        if self.pos_embedding is not None:
+            h = h + self.pos_embedding.weight[positions]
+        elif self.pos_encoding is not None:
+            h = h + self.pos_encoding[positions]
+        return self.dropout(h)
+
+    # ---- training ---------------------------------------------------------------------
+    def get_batch_xyz(self, batch: Dict[str, Tensor], loss_requests: Any = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """(x inputs [batch, seq], y targets [batch, seq] with -100 where no loss is taken, z logits of x).
+
+        y counts a target only where batch["mask"] (and batch["target_mask"], when present) is True.
+        loss_requests: whatever the caller passes for this batch (the trainer: see get_losses); the
+        hook for editing the inputs but not the targets, right before the forward pass below.
+        """
+        tokens = batch["x_indices"]
+        counted = batch["mask"].bool()
+        if batch.get("target_mask") is not None:
+            counted = counted & batch["target_mask"].bool()
+        x = tokens[:, :-1]
+        y = tokens[:, 1:].masked_fill(~counted[:, 1:], -100)
+        z = self(x)
+        return x, y, z
+
+    def get_losses(self, batch: Dict[str, Tensor], train_params: Any = None,
+                   loss_requests: Any = None) -> Tuple[Tensor, int]:
+        """(mean cross-entropy over the counted target tokens, a 0-dim tensor; batch size).
+        train_params (TrainParams) and loss_requests are there for edits of the loss."""
+        _, y, z = self.get_batch_xyz(batch, loss_requests=loss_requests)
+        loss = F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), ignore_index=-100)
+        return loss, y.shape[0]
+
+    # ---- using a trained model ----------------------------------------------------------
+    def sample(self, pref: Union[str, Sequence[int], Tensor] = "", max_seq_len: int = 100, temperature: float = 1.0,
+               nucleus: Optional[float] = None, top_k: Optional[int] = None, as_str: bool = True,
+               seed: Optional[int] = None) -> Union[str, List[int]]:
+        """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
+
+        The model reads bos + pref (no second bos when pref's ids already start with it).
+        Generation stops at eos (not included), when the returned sample reaches `max_seq_len` tokens
+        (prefix included; the bos that sample puts in front is not part of it), or when the model's
+        context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
+        temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
+        seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
+        Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
+        previous train/eval mode is restored), with a key/value cache.
+        """
+        check_sampling_args(temperature, nucleus, top_k)
+        if isinstance(pref, str):
+            pref_ids = self.tokenizer(pref)
+        else:
+            pref_ids = [int(i) for i in (pref.reshape(-1).tolist() if isinstance(pref, Tensor) else pref)]
+        bos = self.tokenizer.bos_id
+        context = pref_ids if pref_ids[:1] == [bos] else [bos] + pref_ids
+        context_len = self.model_params.max_seq_len
+        if len(context) > context_len:
+            raise ValueError(f"prefix of {len(context)} tokens (bos included) is longer than the model's context "
+                             f"({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
+        n_new = min(max_seq_len - len(pref_ids), context_len - len(context) + 1)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                new = generate(self, context, n_new, temperature, nucleus, top_k, generator)
+        finally:
+            self.train(was_training)
+        ids = pref_ids + new
+        return self.tokenizer.decode(ids) if as_str else ids
+
+    def new_kv_cache(self) -> KVCache:
+        """An empty key/value cache for `self(x, kv_cache=...)`, one slot per block, the model's context long."""
+        return KVCache(self.decoder.n_blocks, self.model_params.max_seq_len)
+
+    def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
+                     dummy_res: float = -1, batch_size: int = 32,
+                     ) -> Tuple[float, float, float, int, Union[Tensor, list]]:
+        """Perplexity on `data`: a list of texts (each read as bos + text, batched by batch_size) or a
+        DataLoader of batches (dicts with x_indices, mask and optionally target_mask).
+
+        Returns (mean, max, min, total_tokens, per_token_res):
+          mean: the corpus perplexity, exp(total cross-entropy / total predicted tokens);
+          max, min: over the per-token perplexities; total_tokens: predicted tokens counted;
+          per_token_res: [n_sequences, longest sequence - 1] per-token values, dummy_res where no
+             prediction counts; [] unless per_token.
+        before_exp: cross-entropies (nats) instead of perplexities, everywhere.
+        Runs in eval mode under no_grad (the previous mode is restored).
+        """
+        return perplexities(self, data, per_token=per_token, before_exp=before_exp, dummy_res=dummy_res,
+                            batch_size=batch_size)
+
+    # ---- helpers ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    def n_parameters(self) -> int:
+        """Number of trainable values (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def with_layer_architecture(self, layer_architecture: str) -> "LM":
+        """A copy of this model (same weights, device and train/eval mode) built with the other layer
+        architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention."""
+        params = dataclasses.replace(self.model_params, layer_architecture=layer_architecture)
+        other = LM(params, self.tokenizer).to(self.device)
+        other.load_state_dict(self.state_dict())
+        return other.train(self.training)
+
+    def __repr__(self) -> str:
+        mp = self.model_params
+        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads, dim {mp.dim}, "
+                f"dim_ff {ff_width(mp)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
+                f"{self.n_parameters():,} parameters)")
+
+
+def check_model_params(mp: ModelParams) -> None:
+    """Raise ValueError listing every problem with the architecture settings."""
+    problems = []
+    if not isinstance(mp.max_seq_len, int) or mp.max_seq_len < 1:
+        problems.append(f"max_seq_len must be a positive int, got {mp.max_seq_len!r} "
+                        "(the run code copies DataParams.max_seq_len into it when it is None)")
+    if mp.n_layers < 1 or mp.n_heads < 1 or mp.dim < 1:
+        problems.append(f"need n_layers >= 1, n_heads >= 1, dim >= 1 (got {mp.n_layers}, {mp.n_heads}, {mp.dim})")
+    elif mp.dim % mp.n_heads:
+        problems.append(f"dim ({mp.dim}) must be divisible by n_heads ({mp.n_heads})")
+    if mp.dim_ff is not None and mp.dim_ff < 1:
+        problems.append(f"dim_ff must be positive or None (= 4 * dim), got {mp.dim_ff}")
+    if not 0 <= mp.dropout < 1:
+        problems.append(f"dropout must be in [0, 1), got {mp.dropout}")
+    for field, value, options in (("activation", mp.activation, ACTIVATIONS),
+                                  ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
+                                  ("layer_architecture", mp.layer_architecture, LAYER_ARCHITECTURES)):
+        if value not in options:
+            problems.append(f"unknown {field} {value!r}: choose one of {', '.join(options)}")
+    if problems:
+        raise ValueError("invalid ModelParams:\n  " + "\n  ".join(problems))
+
+
+def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:
+    """The fixed encodings of "Attention is all you need": [n_positions, dim], sin on even and cos on
+    odd features, wavelengths from 2*pi to 10000*2*pi."""
+    position = torch.arange(n_positions, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    encoding = torch.zeros(n_positions, dim)
+    encoding[:, 0::2] = torch.sin(position * frequency)
+    encoding[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
+    return encoding

@@ -1,0 +1,87 @@
+"""Perplexity (or cross-entropy) of an LM on texts or on a DataLoader of batches."""
+import math
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from model.lm import LM
+
+Batch = Dict[str, Any]
+
+
+def text_batches(lm: "LM", texts: Sequence[str], batch_size: int) -> Iterator[Batch]:
+    """Batches in the DataLoader format for `texts`, each read as training saw it: bos + the text's ids,
+    right-padded with pad_id (mask False on padding)."""
+    tok = lm.tokenizer
+    sequences = [[tok.bos_id] + ids for ids in tok(list(texts))]
+    limit = lm.model_params.max_seq_len + 1  # the model reads all but the last token
+    too_long = [i for i, seq in enumerate(sequences) if len(seq) > limit]
+    if too_long:
+        raise ValueError(f"texts {too_long[:5]} have more than {limit - 1} tokens (after bos), the model's context "
+                         f"(model_params.max_seq_len): split them into shorter pieces")
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        width = max(len(seq) for seq in chunk)
+        x = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for row, seq in enumerate(chunk):
+            x[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = True
+        yield {"x_indices": x, "mask": mask}
+
+
+def perplexities(lm: "LM", data: Union[Sequence[str], Iterable[Batch]], per_token: bool = False,
+                 before_exp: bool = False, dummy_res: float = -1, batch_size: int = 32,
+                 ) -> Tuple[float, float, float, int, Union[Tensor, List]]:
+    """See LM.perplexities."""
+    if isinstance(data, str):
+        raise TypeError("perplexities expects a list of texts (or a DataLoader), not one string: wrap it in a list")
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise ValueError("perplexities got an empty list: give at least one text")
+        if all(isinstance(item, str) for item in data):
+            data = text_batches(lm, data, batch_size)
+    total_ce, total_tokens = 0.0, 0
+    highest, lowest = -math.inf, math.inf
+    rows: List[Tensor] = []
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            for batch in data:
+                if not isinstance(batch, dict) or "x_indices" not in batch or "mask" not in batch:
+                    raise TypeError("perplexities expects a list of texts or batches (dicts with 'x_indices' "
+                                    f"and 'mask', as the DataLoaders give), got an item of type {type(batch).__name__}")
+                if batch["x_indices"].shape[1] < 2:  # bos alone: nothing to predict
+                    rows.append(torch.full((batch["x_indices"].shape[0], 0), float(dummy_res)))
+                    continue
+                batch = {k: (v.to(lm.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+                _, y, z = lm.get_batch_xyz(batch)
+                ce = F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), y.reshape(-1), ignore_index=-100,
+                                     reduction="none").view(y.shape)  # [batch, seq - 1], 0 where not counted
+                counted = y != -100
+                values = ce if before_exp else ce.exp()
+                n = int(counted.sum())
+                if n:
+                    total_ce += ce.sum(dtype=torch.float64).item()
+                    total_tokens += n
+                    highest = max(highest, values[counted].max().item())
+                    lowest = min(lowest, values[counted].min().item())
+                if per_token:
+                    rows.append(values.masked_fill(~counted, dummy_res).cpu())
+    finally:
+        lm.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("no tokens to score: every sequence is empty or masked out")
+    mean_ce = total_ce / total_tokens
+    mean = mean_ce if before_exp else math.exp(mean_ce)
+    return mean, highest, lowest, total_tokens, (pad_and_stack(rows, dummy_res) if per_token else [])
+
+
+def pad_and_stack(rows: List[Tensor], fill: float) -> Tensor:
+    """Concatenate [batch_i, len_i] tensors into [sum batch_i, max len_i], filling the gaps with `fill`."""
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([F.pad(r, (0, width - r.shape[1]), value=fill) for r in rows])

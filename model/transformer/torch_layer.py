@@ -1,0 +1,81 @@
+"""The "torch-transformer" block: PyTorch's own nn.TransformerEncoderLayer with a causal mask, the fast path.
+
+Training and plain forwards run PyTorch's code unchanged: fused scaled-dot-product attention
+(flash / memory-efficient kernels on GPU) and, in eval mode under no_grad, the fused
+encoder-layer kernel. Two extras that nn.TransformerEncoderLayer cannot do, written here
+with PyTorch's own attention ops so that the custom path's edits never leak into this path:
+  - attention weights (`need_weights=True`): nn.MultiheadAttention asked for per-head weights;
+  - sampling with a key/value cache: F.scaled_dot_product_attention over the cached keys.
+"""
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.model_params import ModelParams
+from model.transformer.kv_cache import LayerKVCache
+from model.transformer.transformerencoderlayer import ff_width
+
+
+class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """nn.TransformerEncoderLayer(batch_first=True), always causal, with the block interface of
+    our custom layer: forward(x, attn_requests, kv_cache, need_weights) -> (x, weights or None).
+    `attn_requests` is accepted and ignored: attention edits live in the custom path."""
+
+    def __init__(self, model_params: ModelParams):
+        mp = model_params
+        # PyTorch knows "relu" and "gelu" by name; GPT-2's tanh-GELU is passed as a module
+        activation = nn.GELU(approximate="tanh") if mp.activation == "gelu_tanh" else mp.activation
+        super().__init__(d_model=mp.dim, nhead=mp.n_heads, dim_feedforward=ff_width(mp), dropout=mp.dropout,
+                         activation=activation, layer_norm_eps=mp.layer_norm_eps, batch_first=True,
+                         norm_first=mp.norm_first, bias=mp.bias)
+        self.model_params = mp
+        if mp.activation == "gelu_tanh":
+            # PyTorch's fused eval kernel treats every nn.GELU as the exact GELU: keep it off that kernel
+            self.activation_relu_or_gelu = 0
+
+    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
+                need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
+        if kv_cache is None and not need_weights:  # the fast path: PyTorch's layer as is
+            return super().forward(x, src_mask=causal_mask(x.shape[1], x.device), is_causal=True), None
+        if kv_cache is not None and need_weights:
+            raise ValueError("attention weights while sampling with a kv cache are only available in the "
+                             "custom-transformer path (see LM.with_layer_architecture)")
+        attend = self._attend_cached if kv_cache is not None else self._attend_with_weights
+        # the same sublayer order as nn.TransformerEncoderLayer.forward
+        if self.norm_first:
+            attn_out, weights = attend(self.norm1(x), kv_cache)
+            x = x + self.dropout1(attn_out)
+            x = x + self._ff_block(self.norm2(x))
+        else:
+            attn_out, weights = attend(x, kv_cache)
+            x = self.norm1(x + self.dropout1(attn_out))
+            x = self.norm2(x + self._ff_block(x))
+        return x, weights
+
+    def _attend_with_weights(self, x: Tensor, kv_cache: None) -> Tuple[Tensor, Tensor]:
+        """PyTorch's multi-head attention, returning per-head weights [batch, heads, seq, seq]."""
+        return self.self_attn(x, x, x, attn_mask=causal_mask(x.shape[1], x.device), need_weights=True,
+                              average_attn_weights=False)
+
+    def _attend_cached(self, x: Tensor, kv_cache: LayerKVCache) -> Tuple[Tensor, None]:
+        """Fused attention of the new tokens x [batch, new, dim] over the cached and new keys."""
+        attn = self.self_attn
+        batch, seq, dim = x.shape
+        q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).split(dim, dim=-1)
+        q, k, v = (t.view(batch, seq, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        k, v = kv_cache.append(k, v)
+        n_keys = k.shape[2]
+        # one new token sees every key; a fresh cache is plain causal; otherwise a bottom-right causal mask
+        mask = None if seq == 1 or seq == n_keys else ~causal_mask(n_keys, x.device)[-seq:]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(seq == n_keys > 1),
+                                             dropout_p=attn.dropout if self.training else 0.0)
+        return attn.out_proj(out.transpose(1, 2).reshape(batch, seq, dim)), None
+
+
+def causal_mask(seq: int, device: torch.device) -> Tensor:
+    """[seq, seq] bool, True above the diagonal: the future positions a query may not attend to
+    (PyTorch's attn_mask convention)."""
+    return torch.ones(seq, seq, dtype=torch.bool, device=device).triu(1)

@@ -1,0 +1,77 @@
+"""The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final LayerNorm.
+
+`ModelParams.layer_architecture` picks the block:
+  "torch-transformer"  -> TorchTransformerEncoderLayer (torch_layer.py): PyTorch's fused layer, fast;
+  "custom-transformer" -> TransformerEncoderLayer (transformerencoderlayer.py): ours, to edit.
+`self.layers` may also hold plain modules between the blocks (e.g. an nn.ReLU()); they are
+called with the hidden state alone.
+"""
+from typing import Any, List, Optional, Tuple
+
+from torch import Tensor, nn
+
+from model.model_params import ModelParams
+from model.transformer.kv_cache import KVCache
+from model.transformer.torch_layer import TorchTransformerEncoderLayer
+from model.transformer.transformerencoderlayer import TransformerEncoderLayer
+
+LAYER_ARCHITECTURES = ("torch-transformer", "custom-transformer")
+BLOCK_TYPES = (TorchTransformerEncoderLayer, TransformerEncoderLayer)
+
+
+def is_block(layer: nn.Module) -> bool:
+    """True for a transformer block, False for a plain module inserted between blocks."""
+    return isinstance(layer, BLOCK_TYPES)
+
+
+class Transformer(nn.Module):
+    def __init__(self, model_params: ModelParams):
+        super().__init__()
+        self.model_params = model_params
+
+        def make_layer() -> nn.Module:
+            if self.model_params.layer_architecture == "torch-transformer":
+                return TorchTransformerEncoderLayer(self.model_params)
+            if self.model_params.layer_architecture == "custom-transformer":
+                return TransformerEncoderLayer(self.model_params)
+            raise ValueError(f"unknown layer_architecture {self.model_params.layer_architecture!r}: "
+                             f"choose one of {', '.join(LAYER_ARCHITECTURES)}")
+
+        self.layers = nn.ModuleList([make_layer() for _ in range(self.model_params.n_layers)])
+        mp = self.model_params
+        self.final_norm = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias) if mp.final_norm else None
+
+    @property
+    def n_blocks(self) -> int:
+        """Transformer blocks in self.layers (plain inserted modules not counted)."""
+        return sum(is_block(layer) for layer in self.layers)
+
+    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[KVCache] = None,
+                get_embeddings: bool = False, get_attn: bool = False,
+                ) -> Tuple[Tensor, Optional[List[Tensor]], Optional[List[Tensor]]]:
+        """x [batch, seq, dim] (token + position embeddings) -> (hidden [batch, seq, dim] after the
+        final norm, embeddings, attns).
+
+        embeddings (when asked): n_blocks + 1 tensors [batch, seq, dim]: the input of each block
+        (entry 0 is x itself), then the output of the last block before final_norm.
+        attns (when asked): per block, [batch, heads, seq, keys].
+        """
+        embeddings: Optional[List[Tensor]] = [] if get_embeddings else None
+        attns: Optional[List[Tensor]] = [] if get_attn else None
+        block_index = 0
+        for layer in self.layers:
+            if not is_block(layer):  # a plain module inserted between blocks, e.g. nn.ReLU()
+                x = layer(x)
+                continue
+            if embeddings is not None:
+                embeddings.append(x)
+            layer_cache = kv_cache[block_index] if kv_cache is not None else None
+            x, weights = layer(x, attn_requests=attn_requests, kv_cache=layer_cache, need_weights=get_attn)
+            if attns is not None:
+                attns.append(weights)
+            block_index += 1
+        if embeddings is not None:
+            embeddings.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, embeddings, attns

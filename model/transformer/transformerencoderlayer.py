@@ -1,0 +1,102 @@
+"""The "custom-transformer" block: our own readable transformer layer, the one to edit.
+
+Same submodule and parameter names as `nn.TransformerEncoderLayer` (self_attn.in_proj_weight,
+self_attn.out_proj, linear1, linear2, norm1, norm2), so weights trained on the fast
+"torch-transformer" path load here unchanged and give the same outputs.
+
+    norm_first (pre-LN, GPT-2):  x = x + _sa_block(norm1(x));  x = x + _ff_block(norm2(x))
+    post-LN (original):          x = norm1(x + _sa_block(x));  x = norm2(x + _ff_block(x))
+
+Edit points: `_sa_block` (attention sublayer), `_ff_block` (feed-forward sublayer; its last
+line returns the sublayer's output), and the attention function itself in
+torch_f_multi_head_attention_forward.py. `self.model_params` carries your ModelParams flags.
+"""
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from model.model_params import ModelParams
+from model.transformer.kv_cache import LayerKVCache
+from model.transformer.torch_f_multi_head_attention_forward import multi_head_attention_forward
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def make_activation(name: str) -> nn.Module:
+    """The feed-forward activation by ModelParams.activation name."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_tanh":  # GPT-2's tanh approximation of GELU
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+
+
+def ff_width(model_params: ModelParams) -> int:
+    """Feed-forward hidden width: ModelParams.dim_ff, or 4 * dim when it is None."""
+    return model_params.dim_ff if model_params.dim_ff is not None else 4 * model_params.dim
+
+
+class SelfAttention(nn.Module):
+    """Holds the attention weights (named as in nn.MultiheadAttention) and calls our attention function."""
+
+    def __init__(self, model_params: ModelParams):
+        super().__init__()
+        dim, bias = model_params.dim, model_params.bias
+        self.model_params = model_params
+        self.n_heads = model_params.n_heads
+        self.dropout = model_params.dropout  # on the attention weights
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))  # q, k, v projections stacked
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention (LM.init_weights re-initialises)
+
+    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
+                need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        return multi_head_attention_forward(
+            x, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
+            n_heads=self.n_heads, dropout_p=self.dropout, training=self.training,
+            model_params=self.model_params, attn_requests=attn_requests, kv_cache=kv_cache,
+            need_weights=need_weights)
+
+
+class TransformerEncoderLayer(nn.Module):
+    """One causal transformer block: self-attention then feed-forward, each with a residual connection."""
+
+    def __init__(self, model_params: ModelParams):
+        super().__init__()
+        mp = self.model_params = model_params
+        # registered in nn.TransformerEncoderLayer's order, so both paths draw the same initial weights
+        self.self_attn = SelfAttention(mp)
+        self.linear1 = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias)
+        self.linear2 = nn.Linear(ff_width(mp), mp.dim, bias=mp.bias)
+        self.norm1 = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias)
+        self.norm2 = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias)
+        self.activation = make_activation(mp.activation)
+        self.dropout_sa = nn.Dropout(mp.dropout)  # on the attention sublayer's output
+        self.dropout_act = nn.Dropout(mp.dropout)  # inside the feed-forward, after the activation
+        self.dropout_ff = nn.Dropout(mp.dropout)  # on the feed-forward sublayer's output
+
+    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
+                need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
+        if self.model_params.norm_first:
+            attn_out, weights = self._sa_block(self.norm1(x), attn_requests, kv_cache, need_weights)
+            x = x + attn_out
+            x = x + self._ff_block(self.norm2(x))
+        else:
+            attn_out, weights = self._sa_block(x, attn_requests, kv_cache, need_weights)
+            x = self.norm1(x + attn_out)
+            x = self.norm2(x + self._ff_block(x))
+        return x, weights
+
+    def _sa_block(self, x: Tensor, attn_requests: Any, kv_cache: Optional[LayerKVCache],
+                  need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        x, weights = self.self_attn(x, attn_requests=attn_requests, kv_cache=kv_cache, need_weights=need_weights)
+        return self.dropout_sa(x), weights
+
+    def _ff_block(self, x: Tensor) -> Tensor:
+        x = self.linear2(self.dropout_act(self.activation(self.linear1(x))))
+        return self.dropout_ff(x)
