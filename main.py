@@ -23,7 +23,8 @@ from config_parser import ConfigError, RunSpec, format_literal, format_params_li
 MAIN_PROJ = "base"  # wandb projects are named f"{MAIN_PROJ}-{config}-{task}"
 
 REPO = Path(__file__).resolve().parent
-DEFAULT_SAVE_DIR = REPO.parent / "saved-models"
+# root of saved runs when --save-dir is not given: $LM_SAVE_DIR, else ../saved-models next to the repo
+DEFAULT_SAVE_DIR = Path(os.environ.get("LM_SAVE_DIR") or REPO.parent / "saved-models")
 
 
 class Namer:
@@ -180,6 +181,9 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
         namer = Namer(run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"], args,
                       varying=run.varying, config_name=run.config_name)
         results.append(run_training(namer))
+        if results[-1].get("interrupted"):
+            print(f"stopped by Ctrl-C: the remaining {len(runs) - i} run(s) were not started", flush=True)
+            break
     if len(runs) > 1:
         print_summary(runs, results)
     return results
@@ -187,7 +191,7 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
 
 def print_summary(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) -> None:
     print("\n=== summary")
-    for run, result in zip(runs, results):
+    for run, result in zip(runs, results):  # results may be shorter than runs after a Ctrl-C
         losses = "  ".join(f"{k}={result[k]:.4f}" for k in ("val_loss", "test_loss")
                            if isinstance(result, dict) and isinstance(result.get(k), (int, float)))
         print(f"{losses}  {describe_run(run)}")
@@ -218,8 +222,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb-proj-name", help=f"wandb project (default: {MAIN_PROJ}-{{config}}-{{task}})")
     parser.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"),
                         help="wandb user or team (default: env WANDB_ENTITY, now %(default)s)")
-    parser.add_argument("--gpu-id", type=int, default=0, metavar="N",
-                        help="CUDA device to train on; runs on CPU when CUDA is missing (default: %(default)s)")
+    parser.add_argument("--gpu-id", type=int, default=None, metavar="N",
+                        help="CUDA device to train on (default: 0 when CUDA is present); without CUDA the run "
+                             "says so and uses the CPU")
     parser.add_argument("--ablate", action="store_true",
                         help="after each run, also run its ablations (defined in run_all in main.py)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, one line each, and exit")
@@ -256,4 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()

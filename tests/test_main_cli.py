@@ -97,7 +97,7 @@ def test_parsing_and_dry_run_import_nothing_heavy():
 def test_flags_and_defaults(monkeypatch):
     monkeypatch.setenv("WANDB_ENTITY", "my-team")
     args = make_args("--config=test-nlp")
-    assert (args.gpu_id, args.save, args.no_wandb, args.ablate, args.set) == (0, False, False, False, [])
+    assert (args.gpu_id, args.save, args.no_wandb, args.ablate, args.set) == (None, False, False, False, [])
     assert args.wandb_entity == "my-team"
     assert Path(args.save_dir) == REPO.parent / "saved-models"
     args = make_args("--config=x", "--gpu-id=1", "--save", "--no-wandb", "--wandb-proj-name=p", "--resume=r",

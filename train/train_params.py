@@ -23,7 +23,7 @@ class TrainParams:
     seed: int = 0  # seed for weights, batch order and dropout
     precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA only)
     compile: bool = False  # torch.compile the model before training
-    val_check_interval: Optional[int] = None  # also validate every N training batches; None validates once per epoch
+    val_check_interval: Optional[int] = None  # validate every N training batches of an epoch (instead of at its end); None validates once per epoch
     limit_val_batches: Optional[int] = None  # validate on at most N batches per set; None uses the whole set
     hyperparams_log_freq: int = 50  # call log_hyperparams_and_time every N batches
     n_print_samples: int = 2  # samples printed after each epoch (one greedy, the rest sampled)

@@ -1,0 +1,351 @@
+"""Open saved runs in Jupyter: find and load them by timestamp, verify them, plot metrics and attention.
+
+    from model_explorer import get_model_by_timestamp, list_runs, verify_stable_load, plot_metrics, show_lm_attns
+    runs = list_runs()
+    lm, dataset, train_stats, params = get_model_by_timestamp("2024-04-22--16-17-00")
+    verify_stable_load("2024-04-22--16-17-00")
+    fig = plot_metrics("2024-04-22--16-17-00", ["stat/train_loss", "stat/val_loss:main"], filename="run")
+    out_embeds, attns = show_lm_attns(lm, "the company said", folder_name="run")
+
+Runs live under the save root (`--save-dir`, default main.DEFAULT_SAVE_DIR: $LM_SAVE_DIR or
+`../saved-models` next to the repo) as `{config}/{task}/{run name}/{timestamp}/`; the folder
+format belongs to train/run_folder.py, which this module calls. Plots go to METRICS_DIR and
+ATTENTIONS_DIR (`../metrics`, `../attentions` next to the repo); reassign them to write elsewhere.
+"""
+import difflib
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from data.dataloader import LMDataModule
+from main import DEFAULT_SAVE_DIR
+from model.lm import LM
+from train.run_folder import FILES, load_run, read_final, read_train_stats
+from train.train_stats import TrainStats
+
+REPO = Path(__file__).resolve().parent
+METRICS_DIR = REPO.parent / "metrics"
+ATTENTIONS_DIR = REPO.parent / "attentions"
+TIMESTAMP_FORMAT = "%Y-%m-%d--%H-%M-%S"  # main.Namer's; a "-1", "-2" suffix may follow
+TIMESTAMP_LEN = len("2024-04-22--16-17-00")
+
+PathLike = Union[str, Path]
+Loaded = Tuple[LM, LMDataModule, TrainStats, Dict[str, Any]]
+
+
+# ---- finding and loading runs ------------------------------------------------------------------
+def save_root(save_dir: Optional[PathLike] = None) -> Path:
+    """save_dir, else $LM_SAVE_DIR (read now, so a notebook may set it after the import), else main's default."""
+    return Path(save_dir or os.environ.get("LM_SAVE_DIR") or DEFAULT_SAVE_DIR).expanduser()
+
+
+def run_folders(save_dir: Optional[PathLike] = None) -> List[Path]:
+    """Every complete run folder under the save root (folders still being written are skipped)."""
+    root = save_root(save_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.rglob("final.json")
+                  if not p.parent.name.endswith(".partial") and all((p.parent / f).is_file() for f in FILES))
+
+
+def find_run_folder(timestamp: str, save_dir: Optional[PathLike] = None) -> Path:
+    """The one run folder named `timestamp` under the save root, whatever config/task/run name it is under."""
+    root = save_root(save_dir)
+    folders = run_folders(root)
+    matches = [f for f in folders if f.name == timestamp]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        listed = "\n  ".join(str(m) for m in matches)
+        raise ValueError(f"timestamp {timestamp!r} is ambiguous: {len(matches)} runs under {root} have it:\n  "
+                         f"{listed}\nLoad one with get_model_by_path(folder).")
+    if not folders:
+        raise FileNotFoundError(f"no saved run with timestamp {timestamp!r}: there are no saved runs under {root} "
+                                f"(train with --save, or pass save_dir= the --save-dir you trained with)")
+    by_name = {f.name: f for f in folders}
+    nearest = "\n  ".join(f"{stamp}  ({by_name[stamp].relative_to(root).parent})"
+                          for stamp in nearest_timestamps(timestamp, list(by_name)))
+    raise FileNotFoundError(f"no saved run with timestamp {timestamp!r} under {root} ({len(folders)} runs there). "
+                            f"Nearest:\n  {nearest}\nlist_runs() shows them all.")
+
+
+def nearest_timestamps(timestamp: str, stamps: Sequence[str], n: int = 5) -> List[str]:
+    """The `n` stamps closest in time to `timestamp` (closest in spelling when it is not a timestamp)."""
+    target = _parse_timestamp(timestamp)
+    if target is None:
+        return difflib.get_close_matches(timestamp, stamps, n=n, cutoff=0.0)
+    dated = [(abs((t - target).total_seconds()), s) for s in stamps if (t := _parse_timestamp(s)) is not None]
+    return [s for _, s in sorted(dated)[:n]]
+
+
+def _parse_timestamp(stamp: str) -> Optional[datetime]:
+    try:
+        return datetime.strptime(stamp[:TIMESTAMP_LEN], TIMESTAMP_FORMAT)
+    except ValueError:
+        return None
+
+
+def get_model_by_path(folder: PathLike, device: str = "cpu", data_path: Optional[PathLike] = None) -> Loaded:
+    """Load a run folder -> (lm in eval mode, dataset, train_stats, params).
+
+    `params` holds "data_params", "model_params", "train_params" as dataclasses (and the rest of
+    params.json: "run", "argv", "versions", ...). `dataset` is the LMDataModule rebuilt from the
+    saved data params and the saved tokenizer (data_path: the data folder, if it is not the default)."""
+    run = load_run(folder, device=device)
+    dataset = LMDataModule(run.params["data_params"], batch_size=run.params["train_params"].batch_size,
+                           tokenizer=run.tokenizer, data_path=data_path)
+    return run.lm, dataset, run.train_stats, run.params
+
+
+def get_model_by_timestamp(timestamp: str, save_dir: Optional[PathLike] = None, device: str = "cpu",
+                           data_path: Optional[PathLike] = None) -> Loaded:
+    """Find the run saved at `timestamp` (e.g. "2024-04-22--16-17-00") and load it (see get_model_by_path)."""
+    return get_model_by_path(find_run_folder(timestamp, save_dir), device=device, data_path=data_path)
+
+
+def list_runs(save_dir: Optional[PathLike] = None, show: bool = True) -> List[Dict[str, Any]]:
+    """The saved runs, oldest first, as rows {timestamp, config, task, run_name, val_loss, interrupted,
+    folder}; `show` prints them as a table."""
+    root = save_root(save_dir)
+    rows = []
+    for folder in run_folders(root):
+        final = read_final(folder)
+        where = folder.relative_to(root).parts[:-1]  # (config, task, run name) as main.Namer lays them out
+        config, task, run_name = where if len(where) == 3 else ("/".join(where), "?", "?")
+        rows.append({"timestamp": folder.name, "config": config, "task": task, "run_name": run_name,
+                     "val_loss": final.get("val_loss"), "interrupted": bool(final.get("interrupted")),
+                     "folder": str(folder)})
+    rows.sort(key=lambda r: r["timestamp"])
+    if show:
+        print(format_runs(rows))
+    return rows
+
+
+def format_runs(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return "no saved runs"
+    cols = ["timestamp", "config", "task", "run_name", "val_loss"]
+    cells = [cols] + [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    for row, r in zip(cells[1:], rows):
+        row[-1] += " (interrupted)" if r["interrupted"] else ""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
+
+
+# ---- verification --------------------------------------------------------------------------------
+class VerificationError(AssertionError):
+    """A saved run does not load back to what was saved."""
+
+
+def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLike] = None,
+                       rtol: float = 1e-5, device: str = "cpu") -> Dict[str, Any]:
+    """Load a saved run twice and check: identical parameters; identical eval-mode outputs (two passes
+    of one model, and the two loads); each validation loss recomputed over the whole set (token-weighted
+    mean cross-entropy, as the trainer's final evaluation) equal to final.json's within `rtol`.
+    Prints each check; raises VerificationError on a mismatch. Returns the recomputed losses.
+
+    A run trained on CUDA had its final losses measured with TF32 matmuls (train/run.py sets
+    float32 matmul precision "high"): recompute on device="cuda", or allow a larger rtol on the CPU."""
+    folder = Path(timestamp_or_folder)
+    if not folder.is_dir():
+        folder = find_run_folder(str(timestamp_or_folder), save_dir)
+    lm1, dataset, _, _ = get_model_by_path(folder, device=device)
+    lm2 = load_run(folder, device=device).lm
+    print(f"verifying {folder}")
+
+    p1, p2 = dict(lm1.named_parameters()), dict(lm2.named_parameters())
+    _check(p1.keys() == p2.keys(), f"the two loads have different parameter names: {sorted(p1.keys() ^ p2.keys())}")
+    different = [name for name in p1 if not torch.equal(p1[name], p2[name])]
+    _check(not different, f"parameters differ between two loads: {different[:5]}")
+    print(f"ok: two loads have identical parameters ({len(p1)} tensors)")
+
+    x = next(iter(dataset.val_dataloader()[0]))["x_indices"][:, :-1]  # what the model reads of a batch
+    with torch.no_grad():
+        a, b, c = lm1(x), lm1(x), lm2(x)
+    _check(torch.equal(a, b), "eval-mode outputs differ between two forward passes of one model")
+    _check(torch.equal(a, c), "eval-mode outputs differ between the two loads")
+    print(f"ok: eval-mode outputs are deterministic (a batch of {x.shape[0]} x {x.shape[1]} tokens)")
+
+    saved = read_final(folder)
+    wanted = [(f"val_losses[{name!r}]", name, value) for name, value in (saved.get("val_losses") or {}).items()]
+    wanted.append(("val_loss", dataset.val_names[0], saved.get("val_loss")))  # the headline: val:main
+    _check(all(value is not None for _, _, value in wanted),
+           "final.json has no validation loss (the run was stopped by a second Ctrl-C): nothing to compare")
+    unknown = [name for _, name, _ in wanted if name not in dataset.val_names]
+    _check(not unknown, f"final.json has losses of validation sets {unknown} the dataset lacks ({dataset.val_names})")
+    loaders = dict(zip(dataset.val_names, dataset.val_dataloader()))
+    recomputed: Dict[str, float] = {}
+    for key, name, want in wanted:
+        if name not in recomputed:
+            recomputed[name] = lm1.perplexities(loaders[name], before_exp=True)[0]
+        loss = recomputed[name]
+        _check(abs(loss - want) <= rtol * max(1.0, abs(want)),
+               f"recomputed val:{name} loss {loss:.7f} != final.json's {key} {want:.7f} "
+               f"(difference {loss - want:.2e}, allowed {rtol:g} relative)")
+        print(f"ok: recomputed val:{name} loss {loss:.6f} equals final.json's {key}")
+    return {"folder": str(folder), "val_losses": recomputed}
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise VerificationError(f"verify_stable_load: {message}")
+
+
+# ---- metric plots --------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    """matplotlib.pyplot, on the Agg backend when Linux has no display (plots are then only saved)."""
+    import matplotlib
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if headless and "MPLBACKEND" not in os.environ:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finish(plt: Any, fig: Any, path: Optional[Path], show: bool) -> None:
+    """Save `fig` to `path` (folders created); close it when it will not be shown (no figure pile-up)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    if not show or plt.get_backend().lower() == "agg":
+        plt.close(fig)
+
+
+X_AXES = {"n": (1, "samples trained"), "s": (0, "optimizer steps"), "c": (2, "values recorded (counter)")}
+
+
+def plot_metrics(timestamp_or_train_stats: Union[str, TrainStats, Sequence[Union[str, TrainStats]]],
+                 metric: Union[str, Sequence[str]] = "stat/val_loss:main", x: str = "n",
+                 filename: Optional[str] = None, save_dir: Optional[PathLike] = None,
+                 labels: Optional[Sequence[str]] = None, logy: bool = False, title: Optional[str] = None,
+                 show: bool = True) -> Any:
+    """Plot metric(s) of one or several runs over samples trained (x="n") or optimizer steps (x="s").
+
+    timestamp_or_train_stats: a timestamp, a run folder, a train_stats dict, or a list of them
+    (several runs on one figure, labelled by timestamp or by `labels`). metric: a name such as
+    "stat/val_loss:main" (the "stat/" may be left out) or a list of names. With `filename`, the figure
+    is saved to METRICS_DIR/{filename}.png (../metrics next to the repo). Returns the figure."""
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {', '.join(X_AXES)} (n = samples, s = steps, c = counter), not {x!r}")
+    single = isinstance(timestamp_or_train_stats, (str, Path, dict))
+    runs = [timestamp_or_train_stats] if single else list(timestamp_or_train_stats)
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    if not runs or not metrics:
+        raise ValueError("plot_metrics needs at least one run and one metric")
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"got {len(labels)} labels for {len(runs)} runs")
+    column, xlabel = X_AXES[x]
+    series = []  # (label, xs, ys), gathered first so that a missing metric raises before any figure exists
+    for i, run in enumerate(runs):
+        stats, run_label = _train_stats_of(run, save_dir, default_label=f"run {i}")
+        run_label = labels[i] if labels is not None else run_label
+        for name in metrics:
+            entries = stats.get(name) or stats.get(f"stat/{name}")
+            if not entries:
+                close = difflib.get_close_matches(name, list(stats), n=3, cutoff=0.3)
+                raise ValueError(f"metric {name!r} is not recorded in {run_label}; closest: {close}; "
+                                 f"recorded: {sorted(stats)}")
+            label = name if len(runs) == 1 else (run_label if len(metrics) == 1 else f"{run_label} {name}")
+            series.append((label, [e[column] for e in entries], [e[3] for e in entries]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, xs, ys in series:
+        ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metrics[0] if len(metrics) == 1 else "value")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title or ", ".join(metrics))
+    ax.legend()
+    fig.tight_layout()
+    _finish(plt, fig, METRICS_DIR / f"{filename}.png" if filename else None, show)
+    return fig
+
+
+plot_metric = plot_metrics
+
+
+def _train_stats_of(run: Union[str, Path, TrainStats], save_dir: Optional[PathLike],
+                    default_label: str) -> Tuple[TrainStats, str]:
+    if isinstance(run, dict):
+        return run, default_label
+    folder = Path(run) if Path(run).is_dir() else find_run_folder(str(run), save_dir)
+    return read_train_stats(folder), folder.name
+
+
+# ---- attention plots -----------------------------------------------------------------------------
+def show_lm_attns(lm: LM, seq: Union[str, Sequence[int], torch.Tensor], layers: Optional[Sequence[int]] = None,
+                  heads: Optional[Sequence[int]] = None, folder_name: Optional[str] = None,
+                  show: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run `seq` (text or ids, read as given: no bos is added) through `lm` in eval mode and draw the
+    attention of the chosen layers x heads (default: all) as a grid of heatmaps, query tokens down,
+    key tokens across. With `folder_name`, saves grid.png and one layer{l}-head{h}.png per drawn head
+    to ATTENTIONS_DIR/{folder_name}/ (../attentions next to the repo).
+
+    Returns (out_embeds: the logits [1, seq, vocab], attns [1, n_layers, n_heads, seq, seq])."""
+    x = lm.as_batch(seq)
+    if x.shape[0] != 1:
+        raise ValueError(f"show_lm_attns draws one sequence, got a batch of {x.shape[0]}: pass one of them")
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            out = lm(x, get_attn=True)
+    finally:
+        lm.train(was_training)
+    out_embeds, attns = out["logits"], out["attns"].float().cpu()
+    layers = _indices("layers", layers, attns.shape[1])
+    heads = _indices("heads", heads, attns.shape[2])
+    labels = token_labels(lm, x[0].tolist())
+
+    plt = _pyplot()
+    cell = min(8.0, max(2.5, 0.22 * len(labels)))
+    fig, axes = plt.subplots(len(layers), len(heads), figsize=(cell * len(heads), cell * len(layers)), squeeze=False)
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            _draw_head(axes[r][c], attns[0, layer, head], labels, f"layer {layer} head {head}")
+    fig.tight_layout()
+    folder = ATTENTIONS_DIR / folder_name if folder_name else None
+    _finish(plt, fig, folder / "grid.png" if folder else None, show)
+    if folder:
+        for layer in layers:
+            for head in heads:
+                one, ax = plt.subplots(figsize=(cell + 1, cell + 1))
+                _draw_head(ax, attns[0, layer, head], labels, f"layer {layer} head {head}")
+                one.tight_layout()
+                _finish(plt, one, folder / f"layer{layer}-head{head}.png", show=False)
+    return out_embeds, out["attns"]
+
+
+def _indices(what: str, chosen: Optional[Sequence[int]], n: int) -> List[int]:
+    if chosen is None:
+        return list(range(n))
+    chosen = [chosen] if isinstance(chosen, int) else list(chosen)
+    bad = [i for i in chosen if not isinstance(i, int) or not 0 <= i < n]
+    if bad or not chosen:
+        raise ValueError(f"{what} must be a non-empty list of indices in 0..{n - 1} (the model has {n}), got {chosen}")
+    return chosen
+
+
+def token_labels(lm: LM, ids: List[int]) -> List[str]:
+    """Readable token strings for axis labels: each token decoded alone (spaces as "␣", newlines as
+    "\\n"); the raw vocabulary entry for a byte piece that does not decode alone."""
+    raw = lm.tokenizer.tokens(ids)
+    labels = []
+    for i, token in zip(ids, raw):
+        text = lm.tokenizer.decode([i])
+        labels.append(token if "\ufffd" in text or not text else text.replace(" ", "␣").replace("\n", "\\n"))
+    return labels
+
+
+def _draw_head(ax: Any, weights: torch.Tensor, labels: List[str], title: str) -> None:
+    ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=9)

@@ -1,0 +1,98 @@
+"""Run README.md's examples as written, so a README that drifts from the code fails CI.
+
+Shell examples (`python3 main.py ...`) run with a few `--set` overrides that shrink training to
+a few steps, in a temporary save dir. The Python examples run in order as one script, with two
+substitutions a test needs: the example timestamp becomes the run the `--save` example just
+saved, and `get_gpt2()` (a hub download) loads a small random GPT-2 saved to a temp folder.
+Recipes (the Customising section) are tested in test_recipes.py.
+"""
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from readme_blocks import README, python_examples, shell_commands
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_TIMESTAMP = "2024-04-22--16-17-00"
+# a few steps on a slice of the data, whatever the config
+TINY_RUN = ["--set", "TrainParams.max_steps=4", "--set", "max_train_samples=128", "--set", "max_eval_samples=32",
+            "--set", "n_train_samples=256", "--set", "n_eval_samples=32"]
+
+
+def run_readme_command(command: str, env: dict) -> subprocess.CompletedProcess:
+    args = shlex.split(command)
+    assert args[:2] == ["python3", "main.py"], command
+    if "--dry-run" not in args and "--list-params" not in args:
+        args += TINY_RUN
+    return subprocess.run([sys.executable, "main.py", *args[2:]], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    out = dict(os.environ)
+    out["LM_SAVE_DIR"] = str(tmp_path_factory.mktemp("saved-models"))
+    out["PYTHONPATH"] = str(REPO)
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved_timestamp(env):
+    """Run the README's --save example; return the timestamp of the run it saved."""
+    [command] = [c for c in shell_commands() if "--save" in shlex.split(c)]
+    result = run_readme_command(command, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = list(Path(env["LM_SAVE_DIR"]).glob("*/*/*/*/final.json"))
+    assert len(folders) == 1, folders
+    return folders[0].parent.name
+
+
+def test_readme_has_examples():
+    commands = shell_commands()
+    assert "python3 main.py --config=test-nlp --task=ptb --no-wandb" in commands
+    assert any("--save" in c for c in commands) and any("--dry-run" in c for c in commands)
+    assert len(python_examples()) >= 4
+    assert EXAMPLE_TIMESTAMP in README.read_text()
+
+
+@pytest.mark.parametrize("command", [c for c in shell_commands() if "--save" not in shlex.split(c)])
+def test_shell_example(command, env):
+    result = run_readme_command(command, env)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    if "--dry-run" in command:
+        assert result.stdout.startswith("[1/"), result.stdout
+    elif "--list-params" in command:
+        assert "DataParams" in result.stdout and "TrainParams" in result.stdout
+    else:  # a training: it reports validation losses and prints samples
+        assert "val main: loss" in result.stdout and "greedy" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def small_gpt2(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    import torch
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2-small-random")
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128)).save_pretrained(folder)
+    return folder
+
+
+def test_python_examples(env, saved_timestamp, small_gpt2, tmp_path):
+    tokenizer_folder = Path(os.environ["LM_DATA_PATH"]) / "gpt2-tokenizer"
+    script = "\n\n".join(block.code for block in python_examples())
+    assert "get_gpt2()" in script
+    script = script.replace(EXAMPLE_TIMESTAMP, saved_timestamp)
+    script = script.replace("get_gpt2()", f"get_gpt2({str(small_gpt2)!r}, tokenizer_path={str(tokenizer_folder)!r})")
+    prelude = ("import model_explorer, pathlib\n"
+               f"model_explorer.METRICS_DIR = pathlib.Path({str(tmp_path / 'metrics')!r})\n"
+               f"model_explorer.ATTENTIONS_DIR = pathlib.Path({str(tmp_path / 'attentions')!r})\n")
+    (tmp_path / "readme_examples.py").write_text(prelude + script)
+    result = subprocess.run([sys.executable, str(tmp_path / "readme_examples.py")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    assert (tmp_path / "metrics" / "first-run.png").stat().st_size > 0
+    assert any((tmp_path / "attentions" / "first-run").glob("*.png"))

@@ -1,0 +1,218 @@
+"""run_training(namer): one training run, from params to a saved folder.
+
+Builds the data (LMDataModule), the model (LM), the LightningModule (LMTrainer) and a
+lightning.Trainer; fits (resuming from --resume), measures the final validation and test loss in
+eval mode, and with --save writes the run folder (train/run_folder.py). Ctrl-C stops after the
+current batch and still saves, marked interrupted.
+"""
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from data.dataloader import LMDataModule
+from model.lm import LM
+from train.callbacks import CtrlCStop, LastCheckpoint, progress_bar
+from train.resumable_loader import ResumableTrainLoader
+from train.run_folder import find_checkpoint, partial_folder, save_run
+from train.train_params import TrainParams
+from train.trainer import LMTrainer, check_train_params, corpus_loss, perplexity
+
+IGNORED_WARNINGS = (
+    r".*does not have many workers.*",  # batches are slices of tensors in memory: workers would not help
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning 2.6 on torch 2.13, harmless
+)
+_told_no_cuda = False
+
+
+def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
+    """Train the run `namer` describes (see main.Namer). `callbacks`: extra Lightning callbacks.
+
+    Returns {"val_loss", "val_losses", "test_loss", "interrupted", "save_folder" (str or None),
+    "train_stats", "final"}."""
+    dp, tp, args = namer.data_params, namer.train_params, namer.args
+    check_train_params(tp)
+    device = choose_device(getattr(args, "gpu_id", None))
+    if tp.precision == "16-mixed" and device.type != "cuda":
+        raise ValueError('TrainParams.precision="16-mixed" needs a CUDA GPU: use "32" or "bf16-mixed" on a CPU')
+
+    L.seed_everything(tp.seed, workers=True, verbose=False)
+    dm = LMDataModule(dp, batch_size=tp.batch_size, data_path=getattr(args, "data_path", None), seed=tp.seed)
+    mp = namer.model_params
+    if mp.max_seq_len is None:
+        mp = dataclasses.replace(mp, max_seq_len=dp.max_seq_len)
+    L.seed_everything(tp.seed, workers=True, verbose=False)  # the weights depend on the seed alone
+    lm = LM(mp, dm.tokenizer)
+    print(f"data:  {dm}\nmodel: {lm}\ndevice: {device}")
+
+    lm_trainer = LMTrainer(lm, tp, val_names=dm.val_names)
+    train_loader = ResumableTrainLoader(dm.train_dataloader(), seed=tp.seed)
+    ctrl_c = CtrlCStop()
+    all_callbacks: List[Callback] = [*callbacks, train_loader, ctrl_c]
+    save_folder = Path(namer.save_folder_name()) if getattr(args, "save", False) else None
+    if save_folder is not None:
+        checkpoint = LastCheckpoint(partial_folder(save_folder) / "checkpoints" / "last.ckpt")
+        all_callbacks.append(checkpoint)
+        print(f"saving to {save_folder} (checkpoint while training: {checkpoint.path})")
+    logger = None
+    if not getattr(args, "no_wandb", False):
+        from train.wandb_setup import wandb_logger
+        logger = wandb_logger(namer.wandb_proj_name(), namer.run_name(), params_config(dp, mp, tp, namer),
+                              entity=getattr(args, "wandb_entity", None))
+    trainer = make_trainer(tp, device, n_train_batches=len(train_loader), logger=logger, callbacks=all_callbacks)
+    if tp.compile:
+        lm.compile()
+
+    resume = find_checkpoint(args.resume) if getattr(args, "resume", None) else None
+    if resume is not None:
+        print(f"resuming from {resume}")
+    hard_interrupt = fit(trainer, lm_trainer, train_loader, dm.val_dataloader(), resume, ctrl_c)
+    interrupted = hard_interrupt or ctrl_c.requested
+
+    lm.to(device)  # Lightning hands the model back on the CPU
+    final = final_losses(lm, dm, device, skip=hard_interrupt)
+    if final["test_loss"] is not None:
+        record_final_losses(lm_trainer, final, trainer.global_step)
+    final.update(interrupted=interrupted, steps=trainer.global_step, samples=lm_trainer.n_samples_trained,
+                 epochs_completed=trainer.current_epoch, elapsed_s=lm_trainer.elapsed_s())
+    train_stats = lm_trainer.train_stats  # flushes the last values to wandb too
+    print_final(final)
+
+    if save_folder is not None:
+        run_info = {"config": getattr(namer, "config_name", None), "task": dp.dataset_name,
+                    "run_name": namer.run_name(), "timestamp": namer.timestamp,
+                    "varying": getattr(namer, "varying", {}), "resumed_from": str(resume) if resume else None,
+                    "wandb": wandb_info(logger)}
+        save_run(save_folder, lm, dp, mp, tp, train_stats, final, run_info)
+        print(f"saved to {save_folder}")
+    if logger is not None:
+        finish_wandb(logger, final)
+    return {"val_loss": final["val_loss"], "val_losses": final["val_losses"], "test_loss": final["test_loss"],
+            "interrupted": interrupted, "save_folder": str(save_folder) if save_folder else None,
+            "train_stats": train_stats, "final": final}
+
+
+def fit(trainer: L.Trainer, lm_trainer: LMTrainer, train_loader: ResumableTrainLoader, val_loaders: List[Any],
+        resume: Optional[Path], ctrl_c: CtrlCStop) -> bool:
+    """trainer.fit, with Ctrl-C handled; True when a second Ctrl-C stopped it in the middle of a step."""
+    try:
+        with ctrl_c.handling_ctrl_c(), warnings.catch_warnings():
+            for message in IGNORED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(lm_trainer, train_dataloaders=train_loader, val_dataloaders=val_loaders, ckpt_path=resume)
+    except SystemExit:  # Lightning exits this way after a KeyboardInterrupt (a second Ctrl-C)
+        if not trainer.interrupted:
+            raise
+        return True
+    return False
+
+
+def make_trainer(tp: TrainParams, device: torch.device, n_train_batches: int, logger: Any = None,
+                 callbacks: Sequence[Callback] = (), enable_progress_bar: bool = True) -> L.Trainer:
+    """The lightning.Trainer for TrainParams: epochs or max_steps, clipping, accumulation, precision,
+    validation schedule, device. Deterministic on the CPU (on CUDA that would cost speed)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):  # no device banners; warnings still show
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    val_every = tp.val_check_interval if tp.val_check_interval and tp.val_check_interval < n_train_batches else None
+    if enable_progress_bar:
+        callbacks = [*callbacks, progress_bar()]
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        max_epochs=-1 if tp.max_steps is not None else tp.epochs,
+        max_steps=tp.max_steps if tp.max_steps is not None else -1,
+        gradient_clip_val=tp.grad_clip,
+        accumulate_grad_batches=tp.accumulate_grad_batches,
+        precision=tp.precision,
+        val_check_interval=val_every,
+        limit_val_batches=tp.limit_val_batches if tp.limit_val_batches is not None else 1.0,
+        num_sanity_val_steps=0,
+        deterministic=device.type == "cpu",
+        logger=logger if logger is not None else False,
+        callbacks=list(callbacks),
+        enable_checkpointing=False,  # train.callbacks.LastCheckpoint keeps last.ckpt when saving
+        enable_model_summary=False,  # run_training prints the LM's one-line summary
+        enable_progress_bar=enable_progress_bar,
+        log_every_n_steps=max(1, min(tp.hyperparams_log_freq, n_train_batches)),
+    )
+
+
+def choose_device(gpu_id: Optional[int]) -> torch.device:
+    """CUDA device gpu_id (default 0) when CUDA is there, else the CPU (saying so once if a GPU was asked for)."""
+    global _told_no_cuda
+    if torch.cuda.is_available():
+        index = gpu_id or 0
+        if not 0 <= index < torch.cuda.device_count():
+            raise ValueError(f"--gpu-id={index}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+    if gpu_id is not None and not _told_no_cuda:
+        print(f"--gpu-id={gpu_id}: CUDA is not available here, training on the CPU")
+        _told_no_cuda = True
+    return torch.device("cpu")
+
+
+def final_losses(lm: LM, dm: LMDataModule, device: torch.device, skip: bool = False) -> Dict[str, Any]:
+    """Mean loss per token on every validation set and the test set, model in eval mode, in full float32
+    (no TF32 matmuls on CUDA), so that recomputing them from the saved model gives the same numbers."""
+    if skip:
+        return {"val_loss": None, "val_losses": {}, "test_loss": None}
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        val_losses = {name: corpus_loss(lm, loader, device)
+                      for name, loader in zip(dm.val_names, dm.val_dataloader())}
+        test_loss = corpus_loss(lm, dm.test_dataloader(), device)
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+    return {"val_loss": val_losses[dm.val_names[0]], "val_losses": val_losses, "test_loss": test_loss}
+
+
+def record_final_losses(lm_trainer: LMTrainer, final: Dict[str, Any], step: int) -> None:
+    """Put the final losses in train_stats: the test loss, and the val losses unless the last
+    validation already ran at this step (a run stopped by max_steps mid-epoch has none otherwise)."""
+    stats = lm_trainer.train_stats
+    for name, loss in final["val_losses"].items():
+        entries = stats.get(f"stat/val_loss:{name}", [])
+        if not entries or entries[-1][0] != step:
+            lm_trainer.log_stat(f"stat/val_loss:{name}", loss)
+    lm_trainer.log_stat("stat/test_loss", final["test_loss"])
+
+
+def print_final(final: Dict[str, Any]) -> None:
+    if final["val_loss"] is None:
+        print("final: interrupted twice, no final evaluation")
+        return
+    vals = " | ".join(f"val {name} loss {loss:.4f} ppl {perplexity(loss):.2f}" for name, loss in final["val_losses"].items())
+    state = " (interrupted)" if final.get("interrupted") else ""
+    print(f"final{state}: {vals} | test loss {final['test_loss']:.4f} ppl {perplexity(final['test_loss']):.2f}")
+
+
+def params_config(dp: Any, mp: Any, tp: Any, namer: Any) -> Dict[str, Any]:
+    """wandb config: every param, grouped by section, plus the run's swept values."""
+    return {"data": dataclasses.asdict(dp), "model": dataclasses.asdict(mp), "train": dataclasses.asdict(tp),
+            "varying": dict(getattr(namer, "varying", {}) or {}), "timestamp": namer.timestamp}
+
+
+def wandb_info(logger: Any) -> Optional[Dict[str, Any]]:
+    if logger is None:
+        return None
+    run = logger.experiment
+    return {"project": getattr(run, "project", None), "id": getattr(run, "id", None),
+            "dir": str(Path(run.dir).parent) if getattr(run, "dir", None) else None}
+
+
+def finish_wandb(logger: Any, final: Dict[str, Any]) -> None:
+    run = logger.experiment
+    try:
+        for key in ("val_loss", "test_loss", "interrupted"):
+            run.summary[f"final/{key}"] = final[key]
+    except Exception:  # a disabled run has no summary
+        pass
+    run.finish()

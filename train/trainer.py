@@ -1,0 +1,330 @@
+"""LMTrainer: what one training step, one validation and the optimizer are. Lightning runs the loop.
+
+Edit points (README, "Customising"):
+- `training_step`: the line `losses, n_samples = self.model.get_losses(batch, self.train_params)`.
+- `log_hyperparams_and_time`: add `self.log_stat(name, value)` lines to track more metrics;
+  it runs every `TrainParams.hyperparams_log_freq` batches.
+"""
+import math
+import random
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from train.train_params import TrainParams
+from train.train_stats import StatsRecorder, Throughput, TrainStats
+
+LR_SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
+class LMTrainer(L.LightningModule):
+    """Trains `lm` (the LM, kept as `self.model`) with `train_params`; records `train_stats`.
+
+    `val_names` names the validation dataloaders in order (`LMDataModule.val_names`, e.g. ["main", "long"]).
+    """
+
+    def __init__(self, lm: nn.Module, train_params: TrainParams, val_names: Sequence[str] = ("main",),
+                 train_stats: Optional[TrainStats] = None):
+        super().__init__()
+        check_train_params(train_params)
+        self.model = lm
+        self.train_params = train_params
+        self.val_names = list(val_names)
+        self.stats = StatsRecorder(train_stats)
+        self.n_samples_trained = 0  # `n` of the train_stats entries
+        self.n_batches_trained = 0
+        self.throughput = Throughput()
+        self.elapsed_before = 0.0  # training time of the run before a resume
+        self._fit_start: Optional[float] = None
+        self._loss_sums: Dict[int, Tuple[Tensor, Tensor]] = {}  # dataloader_idx -> (sum of losses, tokens)
+        self._sample_prompt: Optional[Tuple[List[int], List[int]]] = None  # (prompt ids, expected ids)
+        self.progress_metrics: Dict[str, float] = {}  # shown by the progress bar (train/callbacks.py)
+        self._rng_to_restore: Optional[Dict[str, Any]] = None
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses, n_samples = self.model.get_losses(batch, self.train_params)
+        self.n_samples_trained += n_samples
+        self.log_stat("stat/train_loss", losses.detach())
+        return losses
+
+    def log_hyperparams_and_time(self) -> None:
+        """Runs every `hyperparams_log_freq` batches: the place to track more metrics with `self.log_stat`."""
+        self.log_stat("stat/lr", self.optimizers().param_groups[0]["lr"])
+        self.log_stat("stat/tokens_per_s", self.throughput.tokens_per_s())
+        self.log_stat("stat/elapsed_s", self.elapsed_s())
+
+    def log_stat(self, name: str, value: Any) -> None:
+        """Record `value` (a number or a 0-dim tensor) in train_stats as (steps, samples, counter, value),
+        and in wandb when it is on. Tensors are turned into floats in batches, so this costs no GPU sync."""
+        self.stats.record(name, self.global_step, self.n_samples_trained, value)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Done before the next batch rather than after this one: Lightning calls the callbacks' batch-end
+        # hooks (a checkpoint) before the module's, and a resumed run must record exactly the same stats.
+        self._log_periodically()
+        self.n_batches_trained += 1
+
+    def _log_periodically(self) -> None:
+        """After every `hyperparams_log_freq` batches: the periodic stats, and the loss in the progress bar."""
+        if self.n_batches_trained and self.n_batches_trained % self.train_params.hyperparams_log_freq == 0:
+            self.log_hyperparams_and_time()
+            losses = [v for name, (_, _, _, v) in self.flush_stats() if name == "stat/train_loss"]
+            if losses:
+                self.progress_metrics["loss"] = round(sum(losses) / len(losses), 4)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self._trainer is not None and self.trainer.training:  # count tokens on the CPU copy: no GPU sync
+            self.throughput.add_tokens(int(batch["mask"][:, :-1].sum()))
+        return batch
+
+    @property
+    def train_stats(self) -> TrainStats:
+        """{name: [(s, n, c, v), ...]}; see train/train_stats.py."""
+        self.flush_stats()
+        return self.stats.stats
+
+    def flush_stats(self) -> List[Tuple[str, Tuple[int, int, int, float]]]:
+        """Make every recorded value a float and send the new ones to the logger (wandb), if any."""
+        flushed = self.stats.flush()
+        logger = self.logger if self._trainer is not None else None
+        if logger is not None:
+            for s, metrics in group_by_step(flushed):
+                logger.log_metrics(metrics, step=s)
+        return flushed
+
+    def elapsed_s(self) -> float:
+        """Wall time spent in fit() so far, across resumes."""
+        if self._fit_start is None:
+            return self.elapsed_before
+        return self.elapsed_before + time.perf_counter() - self._fit_start
+
+    def on_train_start(self) -> None:
+        self._fit_start = time.perf_counter()
+        self.throughput.resume()
+        if self._rng_to_restore is not None:  # resuming: continue the random numbers where the run stopped
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_train_end(self) -> None:
+        self._log_periodically()
+        self.elapsed_before = self.elapsed_s()
+        self._fit_start = None
+        self.throughput.pause()
+        self.flush_stats()
+
+    # ---- validation and test -------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.throughput.pause()
+        self._loss_sums = {}
+
+    def validation_step(self, batch: Dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._add_loss_sum(batch, dataloader_idx)
+        if batch_idx == 0 and dataloader_idx == 0:
+            self._sample_prompt = sample_prompt(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        losses = self._mean_losses()
+        for i, loss in losses.items():
+            self.log_stat(f"stat/val_loss:{self.val_names[i]}", loss)
+        self.flush_stats()
+        if not self.trainer.sanity_checking:
+            self.print_progress(losses)
+        if 0 in losses:
+            self.progress_metrics["val_loss"] = round(losses[0], 4)
+        self.throughput.resume()
+
+    def test_step(self, batch: Dict[str, Tensor], batch_idx: int) -> None:
+        self._add_loss_sum(batch, 0)
+
+    def on_test_epoch_start(self) -> None:
+        self._loss_sums = {}
+
+    def on_test_epoch_end(self) -> None:
+        for loss in self._mean_losses().values():
+            self.log_stat("stat/test_loss", loss)
+        self.flush_stats()
+
+    def _add_loss_sum(self, batch: Dict[str, Tensor], key: int) -> None:
+        loss_sum, n_tokens = loss_sum_and_count(self.model, batch)
+        if key in self._loss_sums:
+            total, count = self._loss_sums[key]
+            loss_sum, n_tokens = total + loss_sum, count + n_tokens
+        self._loss_sums[key] = (loss_sum, n_tokens)
+
+    def _mean_losses(self) -> Dict[int, float]:
+        """The exact corpus mean per set: summed token losses / counted tokens (one sync per set)."""
+        return {i: (total / count.clamp(min=1)).item() for i, (total, count) in sorted(self._loss_sums.items())}
+
+    def print_progress(self, losses: Dict[int, float]) -> None:
+        """After each validation: the val losses and a few samples, in a few lines."""
+        sets = " | ".join(f"{self.val_names[i]}: loss {loss:.4f} ppl {perplexity(loss):.2f}" for i, loss in losses.items())
+        self.print(f"\nepoch {self.current_epoch} step {self.global_step} ({self.n_samples_trained} samples, "
+                   f"{self.elapsed_s():.0f} s) | val {sets}")
+        for line in self.sample_lines():
+            self.print(line)
+
+    def sample_lines(self) -> List[str]:
+        """One greedy and `n_print_samples - 1` sampled continuations of the first validation prompt
+        (the empty prompt for plain text). The global random state is left untouched."""
+        n, length = self.train_params.n_print_samples, self.train_params.print_sample_len
+        prompt, expected = self._sample_prompt or ([], [])
+        tok = self.model.tokenizer
+        lines = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            for i in range(n):
+                temperature, kind = (0.0, "greedy ") if i == 0 else (1.0, "sampled")
+                text = self.model.sample(pref=prompt, max_seq_len=len(prompt) + length, temperature=temperature,
+                                         as_str=True, seed=self.train_params.seed + i)
+                lines.append(f"  {kind}: {text!r}")
+        if prompt and expected and n:
+            lines.append(f"  expected: {tok.decode(prompt + expected)!r}")
+        return lines
+
+    # ---- optimizer -----------------------------------------------------------------------------
+    def configure_optimizers(self) -> Dict[str, Any]:
+        tp = self.train_params
+        optimizer = make_optimizer(self.model, tp)
+        schedule = lr_schedule(tp, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints (for --resume) ------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["lm_trainer"] = {
+            "train_stats": self.train_stats,
+            "n_samples_trained": self.n_samples_trained,
+            "n_batches_trained": self.n_batches_trained,
+            "elapsed_s": self.elapsed_s(),
+            "model_params": asdict(self.model.model_params),
+            "rng": get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        state = checkpoint.get("lm_trainer")
+        if state is None:
+            raise ValueError("this checkpoint was not written by LMTrainer (no 'lm_trainer' entry): cannot resume from it")
+        saved, current = state["model_params"], asdict(self.model.model_params)
+        differences = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+        if differences:
+            listed = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items())
+            raise ValueError(f"cannot resume: the checkpoint's model differs from this run's ModelParams ({listed}). "
+                             "Resume with the config the checkpoint was trained with.")
+        self.stats = StatsRecorder(state["train_stats"])
+        self.n_samples_trained = state["n_samples_trained"]
+        self.n_batches_trained = state["n_batches_trained"]
+        self.elapsed_before = state["elapsed_s"]
+        self._rng_to_restore = state["rng"]  # set in on_train_start, after Lightning's own setup
+
+
+# ---- pieces also used by the benchmark's plain loop and the final evaluation ----------------------
+
+def get_rng_state() -> Dict[str, Any]:
+    """The global random states (dropout, and Python's `random` for edits that use it)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_train_params(tp: TrainParams) -> None:
+    if tp.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"TrainParams.lr_schedule={tp.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if tp.precision not in PRECISIONS:
+        raise ValueError(f"TrainParams.precision={tp.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if tp.hyperparams_log_freq < 1:
+        raise ValueError(f"TrainParams.hyperparams_log_freq must be >= 1, got {tp.hyperparams_log_freq}")
+
+
+def make_optimizer(lm: nn.Module, tp: TrainParams) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on weight matrices only: biases, norm gains and
+    embeddings (token and position) are not decayed. The fused implementation (one kernel for all
+    parameters) in float32; with mixed precision Lightning's gradient clipping needs the unfused one."""
+    embeddings = {id(m.weight) for m in lm.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in lm.named_parameters():
+        no_decay_param = p.ndim < 2 or id(p) in embeddings or "embedding" in name
+        (no_decay if no_decay_param else decay).append(p)
+    groups = [{"params": decay, "weight_decay": tp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=tp.lr, betas=(tp.beta1, tp.beta2),
+                             fused=tp.precision == "32" or None)
+
+
+def lr_schedule(tp: TrainParams, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of `lr` at each optimizer step: linear warmup over `warmup_steps`, then cosine or
+    linear decay to `min_lr_frac` at `total_steps`, or constant."""
+    warmup, min_frac = tp.warmup_steps, tp.min_lr_frac
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if tp.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if tp.lr_schedule == "cosine":
+            return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1 - (1 - min_frac) * progress
+
+    return factor
+
+
+def loss_sum_and_count(lm: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    """Summed cross-entropy over the batch's counted target tokens, and their number (both tensors)."""
+    _, y, z = lm.get_batch_xyz(batch)
+    loss_sum = F.cross_entropy(z.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
+    return loss_sum.double(), (y != -100).sum()
+
+
+@torch.no_grad()
+def corpus_loss(lm: nn.Module, dataloader: Any, device: Optional[torch.device] = None) -> float:
+    """Mean cross-entropy per counted token over a whole dataloader, in eval mode and float32."""
+    device = device or next(lm.parameters()).device
+    was_training = lm.training
+    lm.eval()
+    total = count = 0
+    for batch in dataloader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss_sum, n_tokens = loss_sum_and_count(lm, batch)
+        total, count = total + loss_sum, count + n_tokens
+    lm.train(was_training)
+    return float(total / count) if count else float("nan")
+
+
+def sample_prompt(batch: Dict[str, Tensor]) -> Optional[Tuple[List[int], List[int]]]:
+    """For tasks with a target part (synthetic): (prompt ids after the leading bos, expected answer ids)
+    of the batch's first sample. None for plain text, which is sampled from the empty prompt."""
+    if "target_mask" not in batch:
+        return None
+    ids = batch["x_indices"][0][batch["mask"][0]].tolist()
+    targets = batch["target_mask"][0][batch["mask"][0]].nonzero().flatten().tolist()
+    if not targets:
+        return None
+    start = targets[0]
+    return ids[1:start], ids[start:-1]  # drop the leading bos and the final eos
+
+
+def group_by_step(flushed: List[Tuple[str, Tuple[int, int, int, float]]]) -> List[Tuple[int, Dict[str, float]]]:
+    """Consecutive entries of the same step go into one logger call (one wandb row)."""
+    groups: List[Tuple[int, Dict[str, float]]] = []
+    for name, (s, _, _, v) in flushed:
+        if groups and groups[-1][0] == s and name not in groups[-1][1]:
+            groups[-1][1][name] = v
+        else:
+            groups.append((s, {name: v}))
+    return groups
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
