@@ -11,21 +11,14 @@ from torch import nn
 from data.tokenizer import Tokenizer
 from model.lm import LM
 from model.model_params import ModelParams
-
-ARCHS = ("torch-transformer", "custom-transformer")
-TEXTS = ["the quick brown fox jumps over the lazy dog", "hello world", "abc, xyz!"]
+from model_helpers import ARCHS, TEXTS, char_tokenizer, make_lm
 
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer.train("char", TEXTS)
+    return char_tokenizer()
 
 
-def make_lm(tok: Tokenizer, seed: int = 0, **overrides) -> LM:
-    params = dict(n_layers=2, n_heads=2, dim=16, max_seq_len=24, dropout=0.0)
-    params.update(overrides)
-    torch.manual_seed(seed)
-    return LM(ModelParams(**params), tok)
 
 
 def randomize(lm: LM) -> LM:

@@ -32,15 +32,6 @@ class KeepModel(Callback):
         self.lm = pl_module.model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, much faster on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """Two saved runs under one save root: "sort" (synthetic, torch-transformer, trained through

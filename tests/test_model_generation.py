@@ -11,21 +11,18 @@ from data.tokenizer import Tokenizer
 from model.lm import LM
 from model.model_params import ModelParams
 from model.sampling import choose_next_token
+from model_helpers import ARCHS, TEXTS, char_tokenizer
+from model_helpers import make_lm as make_tiny_lm
 
-ARCHS = ("torch-transformer", "custom-transformer")
-TEXTS = ["the quick brown fox jumps over the lazy dog", "hello world", "abc, xyz!"]
 
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer.train("char", TEXTS)
+    return char_tokenizer()
 
 
 def make_lm(tok: Tokenizer, seed: int = 0, **overrides) -> LM:
-    params = dict(n_layers=2, n_heads=2, dim=16, max_seq_len=24, dropout=0.0)
-    params.update(overrides)
-    torch.manual_seed(seed)
-    lm = LM(ModelParams(**params), tok)
+    lm = make_tiny_lm(tok, seed, **overrides)
     with torch.no_grad():  # weights of a trained model's size, so logits are far from uniform
         for p in lm.parameters():
             p.add_(torch.randn_like(p) * 0.3)
