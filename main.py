@@ -180,13 +180,32 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
         print(f"=== run {i}/{len(runs)}: {describe_run(run)}", flush=True)
         namer = Namer(run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"], args,
                       varying=run.varying, config_name=run.config_name)
-        results.append(run_training(namer))
+        try:
+            results.append(run_training(namer))
+        except (ValueError, FileNotFoundError) as error:  # bad input found while setting up: data, params
+            if os.environ.get("LM_TRACEBACK"):
+                raise
+            print(f"error: {error}\n({where_raised(error)}; set LM_TRACEBACK=1 for the full traceback)",
+                  file=sys.stderr)
+            sys.exit(2)
         if results[-1].get("interrupted"):
             print(f"stopped by Ctrl-C: the remaining {len(runs) - i} run(s) were not started", flush=True)
             break
     if len(runs) > 1:
         print_summary(runs, results)
     return results
+
+
+def where_raised(error: BaseException) -> str:
+    """"raised at data/natural.py:114 (ptb)": the innermost frame of the error's traceback."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "raised here"
+    path = Path(tb.tb_frame.f_code.co_filename)
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return f"raised at {shown}:{tb.tb_lineno} ({tb.tb_frame.f_code.co_name})"
 
 
 def print_summary(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) -> None:

@@ -188,3 +188,11 @@ def test_resume_takes_one_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main.main(["--config=sweep-example", "--dry-run", f"--resume={tmp_path}"])
     assert info.value.code == 2 and "--resume continues one run" in capsys.readouterr().err
+
+
+def test_bad_data_input_found_while_training_is_a_clear_error_without_traceback():
+    result = run_main("--config=test-synth", "--task=sortt", "--no-wandb")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "unknown dataset_name 'sortt'. Did you mean 'sort'?" in result.stderr
+    assert "raised at data/tasks.py:" in result.stderr and "LM_TRACEBACK=1" in result.stderr
