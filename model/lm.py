@@ -191,11 +191,12 @@ class LM(nn.Module):
     # ---- using a trained model ----------------------------------------------------------
     def sample(self, pref: Union[str, Sequence[int], Tensor] = "", max_seq_len: int = 100, temperature: float = 1.0,
                nucleus: Optional[float] = None, top_k: Optional[int] = None, as_str: bool = True,
-               seed: Optional[int] = None) -> Union[str, List[int]]:
+               seed: Optional[int] = None, stop_at_eos: bool = True) -> Union[str, List[int]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
-        Generation stops at eos (not included), when the returned sample reaches `max_seq_len` tokens
+        Generation stops at eos (not included; with stop_at_eos=False it goes on across line ends, as
+        in stream-mode training data), when the returned sample reaches `max_seq_len` tokens
         (prefix included; the bos that sample puts in front is not part of it), or when the model's
         context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
@@ -220,7 +221,7 @@ class LM(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                new = generate(self, context, n_new, temperature, nucleus, top_k, generator)
+                new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
         finally:
             self.train(was_training)
         ids = pref_ids + new

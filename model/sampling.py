@@ -46,8 +46,9 @@ def choose_next_token(logits: Tensor, temperature: float = 1.0, nucleus: Optiona
 
 
 def generate(lm: "LM", context: List[int], n_new: int, temperature: float = 1.0, nucleus: Optional[float] = None,
-             top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> List[int]:
-    """Up to n_new tokens following `context` (ids, starting with bos), stopping before eos.
+             top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+             stop_at_eos: bool = True) -> List[int]:
+    """Up to n_new tokens following `context` (ids, starting with bos), stopping before eos (if stop_at_eos).
 
     The context is read once into a key/value cache; then each step feeds only the newest token.
     Runs as the model is (call under no_grad / eval mode, as LM.sample does)."""
@@ -60,7 +61,7 @@ def generate(lm: "LM", context: List[int], n_new: int, temperature: float = 1.0,
         logits = lm(x, kv_cache=kv_cache)[:, -1]
         x = choose_next_token(logits, temperature, nucleus, top_k, generator)
         token = x.item()
-        if token == lm.tokenizer.eos_id:
+        if stop_at_eos and token == lm.tokenizer.eos_id:
             break
         new.append(token)
     return new

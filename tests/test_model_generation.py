@@ -230,3 +230,17 @@ def test_perplexity_errors(tok):
         lm.perplexities(["", ""])
     with pytest.raises(TypeError, match="dicts with 'x_indices'"):
         lm.perplexities([1, 2])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stop_at_eos_false_samples_across_line_ends(tok, arch):
+    lm = make_lm(tok, layer_architecture=arch)
+    with torch.no_grad():  # every position's most likely next token is eos
+        lm.decoder.final_norm.weight.fill_(0.0)
+        lm.decoder.final_norm.bias.fill_(0.0)
+        lm.decoder.final_norm.bias[0] = 1.0
+        lm.out_proj.weight[:, 0] = 0.0
+        lm.out_proj.weight[tok.eos_id, 0] = 5.0
+    assert lm.sample(pref="ab", max_seq_len=8, temperature=0.0, as_str=False) == tok("ab")
+    assert lm.sample(pref="ab", max_seq_len=8, temperature=0.0, as_str=False, stop_at_eos=False) == \
+        tok("ab") + [tok.eos_id] * 6

@@ -124,3 +124,12 @@ def test_a_hard_interrupt_still_saves_the_weights_marked_interrupted(tmp_path: P
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C works again"
     saved = load_run(result["save_folder"])
     assert math.isfinite(saved.lm("1 2 3").sum().item())
+
+
+def test_max_steps_gives_enough_epochs_to_reach_it():
+    from train.run import make_trainer
+    trainer = make_trainer(TrainParams(max_steps=10, accumulate_grad_batches=2), torch.device("cpu"),
+                           n_train_batches=4, enable_progress_bar=False)
+    assert (trainer.max_steps, trainer.max_epochs) == (10, 5)  # 10 steps x 2 batches / 4 batches per epoch
+    assert make_trainer(TrainParams(epochs=3), torch.device("cpu"), n_train_batches=4,
+                        enable_progress_bar=False).max_epochs == 3

@@ -126,7 +126,8 @@ def make_trainer(tp: TrainParams, device: torch.device, n_train_batches: int, lo
     return L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
-        max_epochs=-1 if tp.max_steps is not None else tp.epochs,
+        # with max_steps, enough epochs to reach it (so the progress bar can show "epoch i/n")
+        max_epochs=tp.epochs if tp.max_steps is None else -(-tp.max_steps * tp.accumulate_grad_batches // max(1, n_train_batches)),
         max_steps=tp.max_steps if tp.max_steps is not None else -1,
         gradient_clip_val=tp.grad_clip,
         accumulate_grad_batches=tp.accumulate_grad_batches,

@@ -172,7 +172,8 @@ class LMTrainer(L.LightningModule):
 
     def sample_lines(self) -> List[str]:
         """One greedy and `n_print_samples - 1` sampled continuations of the first validation prompt
-        (the empty prompt for plain text). The global random state is left untouched."""
+        (the empty prompt for plain text, sampled across line ends as the text streams in training).
+        The global random state is left untouched."""
         n, length = self.train_params.n_print_samples, self.train_params.print_sample_len
         prompt, expected = self._sample_prompt or ([], [])
         tok = self.model.tokenizer
@@ -182,7 +183,7 @@ class LMTrainer(L.LightningModule):
             for i in range(n):
                 temperature, kind = (0.0, "greedy ") if i == 0 else (1.0, "sampled")
                 text = self.model.sample(pref=prompt, max_seq_len=len(prompt) + length, temperature=temperature,
-                                         as_str=True, seed=self.train_params.seed + i)
+                                         as_str=True, seed=self.train_params.seed + i, stop_at_eos=bool(prompt))
                 lines.append(f"  {kind}: {text!r}")
         if prompt and expected and n:
             lines.append(f"  expected: {tok.decode(prompt + expected)!r}")
