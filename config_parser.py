@@ -41,6 +41,8 @@ from train.train_params import TrainParams
 # section name in config files -> its dataclass
 SECTIONS: Dict[str, type] = {"DataParams": DataParams, "ModelParams": ModelParams, "TrainParams": TrainParams}
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# an unquoted value that can only be meant as a string (a name, a path): `--set tokenizer=char`
+BARE_WORD = re.compile(r"[\w\-./:~]+")
 
 
 class ConfigError(Exception):
@@ -203,14 +205,17 @@ def literal_or_none(text: str) -> Any:
         return None
 
 
+def quote_hint(key: str, text: str, where: str) -> str:
+    """The fix for a string value written without quotes, in the syntax of where it was written."""
+    return (f" Strings need quotes: --set '{key}=\"{text}\"'." if where.startswith("--set")
+            else f' Strings need quotes: {key}="{text}".')
+
+
 def parse_literal(text: str, where: str, section: str, key: str, tp: Any) -> Any:
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        hint = ""
-        if re.fullmatch(r"[\w\-./:]+", text) and matches_type(text, tp):
-            hint = (f" Strings need quotes: --set '{key}=\"{text}\"'." if where.startswith("--set")
-                    else f' Strings need quotes: {key}="{text}".')
+        hint = quote_hint(key, text, where) if BARE_WORD.fullmatch(text) and matches_type(text, tp) else ""
         raise ConfigError(f"{where}, section {section}, key {key!r}: cannot read the value {text!r}: "
                           f"values must be Python literals (numbers, \"strings\", True/False/None, lists).{hint}")
 
@@ -232,8 +237,7 @@ def make_setting(section: str, key: str, value: Any, where: str, sections: Mappi
             elif isinstance(v, str) and matches_type(literal_or_none(v), tp) and literal_or_none(v) is not None:
                 hint = f" Drop the quotes: {key}={v}."
             elif matches_type(str(v), tp):
-                hint = (f" Strings need quotes: --set '{key}=\"{v}\"'." if where.startswith("--set")
-                        else f' Strings need quotes: {key}="{v}".')
+                hint = quote_hint(key, str(v), where)
             raise ConfigError(f"{where}, section {section}, key {key!r}: {v!r} has type {type(v).__name__}, "
                               f"but {key} expects {type_name(tp)}.{hint}")
     return Setting(section, key, [coerce_to_type(v, tp) for v in values], where)
@@ -268,7 +272,11 @@ def parse_config_file(path: Path, sections: Mapping[str, type] = SECTIONS) -> Li
     settings: List[Setting] = []
     seen: Dict[Tuple[str, str], str] = {}
     section: Optional[str] = None
-    for line_no, raw in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{shown}: not a UTF-8 text file ({e}).") from e
+    for line_no, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         where = f"{shown}, line {line_no}"
         if not line or line.startswith("#"):
@@ -316,14 +324,15 @@ def find_config_files(name: str, configs_dir: Path = CONFIGS_DIR) -> List[Path]:
                               f"for configs/test-nlp.txt) or the path of an existing .txt file.")
         return [Path(name)]
     configs_dir = Path(configs_dir)
-    exact = configs_dir / f"{name}.txt"
-    found = ([exact] if exact.is_file() else []) + sorted(configs_dir.glob(f"{glob_escape(name)}-*.txt"),
+    base = configs_dir / name  # an absolute name or one with a folder part is a path prefix
+    exact = base.parent / f"{base.name}.txt"
+    found = ([exact] if exact.is_file() else []) + sorted(base.parent.glob(f"{glob_escape(base.name)}-*.txt"),
                                                           key=lambda p: p.stem)
     if not found:
         existing = sorted(p.stem for p in configs_dir.glob("*.txt"))
         close = difflib.get_close_matches(name, existing, n=3, cutoff=0.5)
         raise ConfigError(f"--config={name}: no config file {display_path(exact)} and none named "
-                          f"{name}-*.txt in {display_path(configs_dir)}."
+                          f"{base.name}-*.txt in {display_path(base.parent)}."
                           + (f" Did you mean {', '.join(close)}?" if close else "")
                           + f" Existing configs: {', '.join(existing) if existing else '(none)'}.")
     return found
@@ -372,7 +381,7 @@ def parse_override(text: str, sections: Mapping[str, type] = SECTIONS) -> Settin
         value = ast.literal_eval(value_text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         tp = field_types(sections[section])[name]
-        if not (re.fullmatch(r"[\w\-./:]+", value_text) and matches_type(value_text, tp)):
+        if not (BARE_WORD.fullmatch(value_text) and matches_type(value_text, tp)):
             parse_literal(value_text, where, section, name, tp)  # raises the usual message
         value = value_text
     return make_setting(section, name, value, where, sections)

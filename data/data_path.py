@@ -50,23 +50,27 @@ def data_path_candidates(explicit: Optional[PathLike] = None,
     return candidates
 
 
+def _first_source(explicit: Optional[PathLike], repo_root: Path) -> Optional[Tuple[str, Path]]:
+    """(description, path) of the first source that names a data folder, or None."""
+    return next(((source, path) for source, path in data_path_candidates(explicit, repo_root)
+                 if path is not None), None)
+
+
 def find_data_path(explicit: Optional[PathLike] = None, repo_root: Path = REPO_ROOT) -> Optional[Path]:
     """The data folder by the precedence above, or None when nothing names one.
 
     The first source that names a folder wins even when the folder does not exist, so a typo
     in `--data-path` shows up as "looked in <typo>" instead of silently using another folder.
     """
-    for _, path in data_path_candidates(explicit, repo_root):
-        if path is not None:
-            return path
-    return None
+    found = _first_source(explicit, repo_root)
+    return found[1] if found else None
 
 
 def describe_data_path(explicit: Optional[PathLike] = None, repo_root: Path = REPO_ROOT) -> str:
     """One line for error messages: which data folder is used and where it came from."""
-    for source, path in data_path_candidates(explicit, repo_root):
-        if path is not None:
-            return f"data folder {path} (from {source})"
+    found = _first_source(explicit, repo_root)
+    if found:
+        return f"data folder {found[1]} (from {found[0]})"
     files = " or ".join(str(f) for f in data_path_files(repo_root))
     return (f"no data folder is set: pass --data-path, set {DATA_PATH_ENV}, "
             f"or write the folder's path into {files}")

@@ -29,7 +29,10 @@ VALID_FILE_NAMES = ("valid.txt", "val.txt", "validation.txt")
 
 def read_lines(path: Path) -> List[str]:
     """The file's lines without line endings (split on "\\n" only; a final newline adds no line)."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); convert it, e.g. with iconv -t utf-8") from e
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

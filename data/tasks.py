@@ -75,6 +75,8 @@ def check_data_params(p: DataParams) -> None:
                         f"(got {p.val_frac}, {p.test_frac})")
     if p.vocab_size < 3:
         problems.append(f"vocab_size must be >= 3, got {p.vocab_size}")
+    if p.min_count < 0:
+        problems.append(f"min_count must be >= 0, got {p.min_count}")
     for field in ("max_train_samples", "max_eval_samples"):
         value = getattr(p, field)
         if value is not None and value < 1:

@@ -173,6 +173,24 @@ def test_missing_config_lists_existing_ones(tmp_path):
     assert "Did you mean test-nlp" in message
 
 
+def test_config_name_with_a_folder_part_is_a_path_prefix(tmp_path):
+    write(tmp_path, "", "exp.txt")
+    write(tmp_path, "", "exp-a.txt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # an absolute prefix (no .txt) globs in its own folder instead of crashing in Path.glob
+    assert [p.stem for p in cp.find_config_files(str(tmp_path / "exp"), elsewhere)] == ["exp", "exp-a"]
+    with pytest.raises(ConfigError, match="no config file"):
+        cp.find_config_files(str(tmp_path / "nothing"), elsewhere)
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path):
+    path = tmp_path / "cfg.txt"
+    path.write_bytes(b'DataParams\ndataset_name="caf\xe9"\n')
+    with pytest.raises(ConfigError, match="cfg.txt: not a UTF-8 text file"):
+        cp.parse_config_file(path)
+
+
 # ---- --set and --task --------------------------------------------------------------------------------
 
 
@@ -204,6 +222,9 @@ def test_set_errors():
     with pytest.raises(ConfigError, match=r"expects str.*--set 'precision=\"32\"'"):
         cp.parse_override("precision=32")
     assert cp.parse_override("ModelParams.max_seq_len=[16, 32]").values == [16, 32]
+    assert cp.parse_override("tokenizer=~/tok/tokenizer.json").values == ["~/tok/tokenizer.json"]  # a path
+    with pytest.raises(ConfigError, match=r'tokenizer="~/t.json"'):
+        cp.parse_literal("~/t.json", "cfg.txt, line 2", "DataParams", "tokenizer", str)
 
 
 def test_load_runs_with_set_and_task(tmp_path):

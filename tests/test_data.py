@@ -230,6 +230,15 @@ def test_bad_settings_are_named():
         get_data(DataParams(dataset_name="copy", tokenizer="sentencepiece"))
     with pytest.raises(ValueError, match="val_frac"):
         get_data(DataParams(dataset_name="copy", val_frac=0.0))
+    with pytest.raises(ValueError, match="min_count must be >= 0"):  # not an OverflowError from tokenizers
+        get_data(DataParams(dataset_name="copy", min_count=-1))
+
+
+def test_non_utf8_data_file_names_the_file(tmp_path):
+    (tmp_path / "latin1").mkdir()
+    (tmp_path / "latin1" / "data.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 20)
+    with pytest.raises(ValueError, match=r"latin1/data.txt is not UTF-8 text"):
+        get_data(DataParams(dataset_name="latin1"), data_path=tmp_path)
 
 
 def test_show_sample(ptb, capsys):
