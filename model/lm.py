@@ -208,6 +208,9 @@ class LM(nn.Module):
         if isinstance(pref, str):
             pref_ids = self.tokenizer(pref)
         else:
+            if isinstance(pref, Tensor) and pref.dim() > 1 and pref.shape[0] != 1:
+                raise ValueError(f"sample continues one prefix, got a tensor of shape {tuple(pref.shape)}: "
+                                 "pass one row, e.g. pref=x[0]")
             pref_ids = [int(i) for i in (pref.reshape(-1).tolist() if isinstance(pref, Tensor) else pref)]
         bos = self.tokenizer.bos_id
         context = pref_ids if pref_ids[:1] == [bos] else [bos] + pref_ids
@@ -261,7 +264,7 @@ class LM(nn.Module):
         """A copy of this model (same weights, device and train/eval mode) built with the other layer
         architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention."""
         params = dataclasses.replace(self.model_params, layer_architecture=layer_architecture)
-        other = LM(params, self.tokenizer).to(self.device)
+        other = LM(params, self.tokenizer).to(device=self.device, dtype=self.embedding.weight.dtype)
         other.load_state_dict(self.state_dict())
         return other.train(self.training)
 

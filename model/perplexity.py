@@ -64,12 +64,15 @@ def perplexities(lm: "LM", data: Union[Sequence[str], Iterable[Batch]], per_toke
                                      reduction="none").view(y.shape)  # [batch, seq - 1], 0 where not counted
                 counted = y != -100
                 values = ce if before_exp else ce.exp()
-                n = int(counted.sum())
+                # the batch's sums and extremes read back together: one device sync per batch
+                ce_sum, n, batch_max, batch_min = torch.stack([
+                    ce.sum(dtype=torch.float64), counted.sum().double(),
+                    values.masked_fill(~counted, -math.inf).max().double(),
+                    values.masked_fill(~counted, math.inf).min().double()]).tolist()
                 if n:
-                    total_ce += ce.sum(dtype=torch.float64).item()
-                    total_tokens += n
-                    highest = max(highest, values[counted].max().item())
-                    lowest = min(lowest, values[counted].min().item())
+                    total_ce += ce_sum
+                    total_tokens += int(n)
+                    highest, lowest = max(highest, batch_max), min(lowest, batch_min)
                 if per_token:
                     rows.append(values.masked_fill(~counted, dummy_res).cpu())
     finally:

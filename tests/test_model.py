@@ -132,6 +132,15 @@ def test_with_layer_architecture_copies_weights(tok):
     assert_close(fast(x), custom(x))
 
 
+
+def test_with_layer_architecture_keeps_the_dtype(tok):
+    fast = randomize(make_lm(tok, layer_architecture="torch-transformer")).double().eval()
+    custom = fast.with_layer_architecture("custom-transformer")
+    assert all(p.dtype == torch.float64 for p in custom.parameters())
+    x = torch.tensor([tok("lazy dog")])
+    assert custom(x).dtype == torch.float64
+    assert_close(fast(x), custom(x))
+
 def test_parameter_names_and_tied_embeddings(tok):
     lm = make_lm(tok, layer_architecture="custom-transformer", dim_ff=40)
     shapes = {k: tuple(v.shape) for k, v in lm.state_dict().items()}

@@ -136,6 +136,10 @@ def test_sampling_argument_errors(tok):
     with pytest.raises(ValueError, match="top_k must be a positive int"):
         lm.sample("a", top_k=0)
 
+    with pytest.raises(ValueError, match="sample continues one prefix"):
+        lm.sample(torch.tensor([tok("ab"), tok("cd")]))  # a batch of prefixes is not silently joined into one
+    assert lm.sample(torch.tensor([tok("ab")]), max_seq_len=6, temperature=0) == lm.sample("ab", max_seq_len=6, temperature=0)
+
 
 def test_top_k_and_nucleus_only_emit_allowed_tokens():
     logits = torch.log(torch.tensor([[0.05, 0.4, 0.02, 0.3, 0.2, 0.03]])).repeat(500, 1)

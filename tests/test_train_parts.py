@@ -19,7 +19,7 @@ from train.run import run_training
 from train.run_folder import find_checkpoint, load_run, partial_folder
 from train.train_params import TrainParams
 from train.train_stats import StatsRecorder
-from train.trainer import LMTrainer, group_by_step, lr_schedule, make_optimizer
+from train.trainer import LMTrainer, corpus_loss, group_by_step, lr_schedule, make_optimizer
 
 
 def tiny_lm() -> LM:
@@ -64,6 +64,35 @@ def test_stats_recorder_converts_tensors_at_flush_and_counts_globally() -> None:
     assert resumed.flush() == [("b", (2, 12, 3, 3.0))]
     assert group_by_step(flushed) == [(0, {"a": 1.5, "b": 2.0}), (1, {"a": 0.5})]
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stats_recorder_flushes_cpu_and_gpu_tensors_together() -> None:
+    rec = StatsRecorder()
+    rec.record("train", 0, 4, torch.tensor(1.5, device="cuda"))
+    rec.record("user", 0, 4, torch.tensor(3, dtype=torch.int64))  # a CPU tensor logged by an edit
+    assert rec.flush() == [("train", (0, 4, 0, 1.5)), ("user", (0, 4, 1, 3.0))]
+
+
+def test_stats_recorder_accepts_any_numeric_dtype_and_one_element_shapes() -> None:
+    rec = StatsRecorder()
+    rec.record("a", 0, 1, torch.tensor([2], dtype=torch.int64))
+    rec.record("b", 0, 1, torch.tensor(0.25, dtype=torch.float64))
+    assert rec.flush() == [("a", (0, 1, 0, 2.0)), ("b", (0, 1, 1, 0.25))]
+
+
+def test_corpus_loss_restores_train_mode_after_an_error() -> None:
+    lm = tiny_lm().train()
+
+    def broken_loader():
+        yield {"x_indices": torch.tensor([[1, 2, 3]]), "mask": torch.ones(1, 3, dtype=torch.bool), "name": "x"}
+        raise RuntimeError("loader broke")
+
+    with pytest.raises(RuntimeError, match="loader broke"):
+        corpus_loss(lm, broken_loader())
+    assert lm.training
+    batch = {"x_indices": torch.tensor([[1, 2, 3]]), "mask": torch.ones(1, 3, dtype=torch.bool), "name": "x"}
+    assert math.isfinite(corpus_loss(lm, [batch])) and lm.training  # non-tensor batch entries are passed through
 
 def test_epoch_batch_order_depends_on_seed_and_epoch_and_resumes_mid_epoch() -> None:
     sampler = EpochBatchSampler(10, 3, seed=1)

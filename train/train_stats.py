@@ -40,8 +40,9 @@ class StatsRecorder:
         since the last flush, in recording order, as (name, (s, n, c, v))."""
         pending = [(name, self.stats[name][i]) for name, i in self._unflushed]
         tensors = [entry[3] for _, entry in pending if torch.is_tensor(entry[3])]
-        if tensors:
-            floats = iter(torch.stack([t.float().reshape(()) for t in tensors]).tolist())
+        if tensors:  # stacked on one device (the GPU's, if any): a CPU tensor logged next to GPU ones is fine
+            device = next((t.device for t in tensors if t.device.type != "cpu"), tensors[0].device)
+            floats = iter(torch.stack([t.float().reshape(()).to(device) for t in tensors]).tolist())
         flushed = []
         for (name, i), (_, (s, n, c, v)) in zip(self._unflushed, pending):
             entry = (s, n, c, next(floats) if torch.is_tensor(v) else v)

@@ -295,11 +295,13 @@ def corpus_loss(lm: nn.Module, dataloader: Any, device: Optional[torch.device] =
     was_training = lm.training
     lm.eval()
     total = count = 0
-    for batch in dataloader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss_sum, n_tokens = loss_sum_and_count(lm, batch)
-        total, count = total + loss_sum, count + n_tokens
-    lm.train(was_training)
+    try:
+        for batch in dataloader:
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            loss_sum, n_tokens = loss_sum_and_count(lm, batch)
+            total, count = total + loss_sum, count + n_tokens
+    finally:
+        lm.train(was_training)
     return float(total / count) if count else float("nan")
 
 
