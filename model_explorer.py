@@ -23,6 +23,7 @@ import torch
 
 from data.dataloader import LMDataModule
 from main import DEFAULT_SAVE_DIR
+from model.eval_mode import evaluating
 from model.lm import LM
 from train.run_folder import FILES, load_run, read_final, read_train_stats
 from train.train_stats import TrainStats
@@ -290,13 +291,8 @@ def show_lm_attns(lm: LM, seq: Union[str, Sequence[int], torch.Tensor], layers: 
     x = lm.as_batch(seq)
     if x.shape[0] != 1:
         raise ValueError(f"show_lm_attns draws one sequence, got a batch of {x.shape[0]}: pass one of them")
-    was_training = lm.training
-    lm.eval()
-    try:
-        with torch.no_grad():
-            out = lm(x, get_attn=True)
-    finally:
-        lm.train(was_training)
+    with evaluating(lm):
+        out = lm(x, get_attn=True)
     out_embeds, attns = out["logits"], out["attns"].float().cpu()
     layers = _indices("layers", layers, attns.shape[1])
     heads = _indices("heads", heads, attns.shape[2])

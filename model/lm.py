@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.tokenizer import Tokenizer
+from model.eval_mode import evaluating
 from model.model_params import ModelParams
 from model.perplexity import perplexities
 from model.sampling import check_sampling_args, generate
@@ -220,13 +221,8 @@ class LM(nn.Module):
                              f"({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
         n_new = min(max_seq_len - len(pref_ids), context_len - len(context) + 1)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
-        finally:
-            self.train(was_training)
+        with evaluating(self):
+            new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
         ids = pref_ids + new
         return self.tokenizer.decode(ids) if as_str else ids
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.eval_mode import evaluating
+
 if TYPE_CHECKING:
     from model.lm import LM
 
@@ -47,36 +49,31 @@ def perplexities(lm: "LM", data: Union[Sequence[str], Iterable[Batch]], per_toke
     total_ce, total_tokens = 0.0, 0
     highest, lowest = -math.inf, math.inf
     rows: List[Tensor] = []
-    was_training = lm.training
-    lm.eval()
-    try:
-        with torch.no_grad():
-            for batch in data:
-                if not isinstance(batch, dict) or "x_indices" not in batch or "mask" not in batch:
-                    raise TypeError("perplexities expects a list of texts or batches (dicts with 'x_indices' "
-                                    f"and 'mask', as the DataLoaders give), got an item of type {type(batch).__name__}")
-                if batch["x_indices"].shape[1] < 2:  # bos alone: nothing to predict
-                    rows.append(torch.full((batch["x_indices"].shape[0], 0), float(dummy_res)))
-                    continue
-                batch = {k: (v.to(lm.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-                _, y, z = lm.get_batch_xyz(batch)
-                ce = F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), y.reshape(-1), ignore_index=-100,
-                                     reduction="none").view(y.shape)  # [batch, seq - 1], 0 where not counted
-                counted = y != -100
-                values = ce if before_exp else ce.exp()
-                # the batch's sums and extremes read back together: one device sync per batch
-                ce_sum, n, batch_max, batch_min = torch.stack([
-                    ce.sum(dtype=torch.float64), counted.sum().double(),
-                    values.masked_fill(~counted, -math.inf).max().double(),
-                    values.masked_fill(~counted, math.inf).min().double()]).tolist()
-                if n:
-                    total_ce += ce_sum
-                    total_tokens += int(n)
-                    highest, lowest = max(highest, batch_max), min(lowest, batch_min)
-                if per_token:
-                    rows.append(values.masked_fill(~counted, dummy_res).cpu())
-    finally:
-        lm.train(was_training)
+    with evaluating(lm):
+        for batch in data:
+            if not isinstance(batch, dict) or "x_indices" not in batch or "mask" not in batch:
+                raise TypeError("perplexities expects a list of texts or batches (dicts with 'x_indices' "
+                                f"and 'mask', as the DataLoaders give), got an item of type {type(batch).__name__}")
+            if batch["x_indices"].shape[1] < 2:  # bos alone: nothing to predict
+                rows.append(torch.full((batch["x_indices"].shape[0], 0), float(dummy_res)))
+                continue
+            batch = {k: (v.to(lm.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+            _, y, z = lm.get_batch_xyz(batch)
+            ce = F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), y.reshape(-1), ignore_index=-100,
+                                 reduction="none").view(y.shape)  # [batch, seq - 1], 0 where not counted
+            counted = y != -100
+            values = ce if before_exp else ce.exp()
+            # the batch's sums and extremes read back together: one device sync per batch
+            ce_sum, n, batch_max, batch_min = torch.stack([
+                ce.sum(dtype=torch.float64), counted.sum().double(),
+                values.masked_fill(~counted, -math.inf).max().double(),
+                values.masked_fill(~counted, math.inf).min().double()]).tolist()
+            if n:
+                total_ce += ce_sum
+                total_tokens += int(n)
+                highest, lowest = max(highest, batch_max), min(lowest, batch_min)
+            if per_token:
+                rows.append(values.masked_fill(~counted, dummy_res).cpu())
     if total_tokens == 0:
         raise ValueError("no tokens to score: every sequence is empty or masked out")
     mean_ce = total_ce / total_tokens

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.eval_mode import evaluating
 from train.train_params import TrainParams
 from train.train_stats import StatsRecorder, Throughput, TrainStats
 
@@ -288,20 +289,15 @@ def loss_sum_and_count(lm: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor,
     return loss_sum.double(), (y != -100).sum()
 
 
-@torch.no_grad()
 def corpus_loss(lm: nn.Module, dataloader: Any, device: Optional[torch.device] = None) -> float:
     """Mean cross-entropy per counted token over a whole dataloader, in eval mode and float32."""
     device = device or next(lm.parameters()).device
-    was_training = lm.training
-    lm.eval()
     total = count = 0
-    try:
+    with evaluating(lm):
         for batch in dataloader:
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             loss_sum, n_tokens = loss_sum_and_count(lm, batch)
             total, count = total + loss_sum, count + n_tokens
-    finally:
-        lm.train(was_training)
     return float(total / count) if count else float("nan")
 
 
