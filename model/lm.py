@@ -206,13 +206,11 @@ class LM(nn.Module):
         previous train/eval mode is restored), with a key/value cache.
         """
         check_sampling_args(temperature, nucleus, top_k)
-        if isinstance(pref, str):
-            pref_ids = self.tokenizer(pref)
-        else:
-            if isinstance(pref, Tensor) and pref.dim() > 1 and pref.shape[0] != 1:
-                raise ValueError(f"sample continues one prefix, got a tensor of shape {tuple(pref.shape)}: "
-                                 "pass one row, e.g. pref=x[0]")
-            pref_ids = [int(i) for i in (pref.reshape(-1).tolist() if isinstance(pref, Tensor) else pref)]
+        prefs = self.as_batch(pref)  # the same input forms (and checks) as lm(x)
+        if prefs.shape[0] != 1:
+            raise ValueError(f"sample continues one prefix, got {prefs.shape[0]} of them (shape "
+                             f"{tuple(prefs.shape)}): pass one row, e.g. pref=x[0]")
+        pref_ids = prefs[0].tolist()
         bos = self.tokenizer.bos_id
         context = pref_ids if pref_ids[:1] == [bos] else [bos] + pref_ids
         context_len = self.model_params.max_seq_len
@@ -258,7 +256,9 @@ class LM(nn.Module):
 
     def with_layer_architecture(self, layer_architecture: str) -> "LM":
         """A copy of this model (same weights, device and train/eval mode) built with the other layer
-        architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention."""
+        architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention.
+        The copy is built from the code and model_params: modules put into decoder.layers by hand at run
+        time are not carried over (those added in Transformer.__init__, as the README recipes do, are)."""
         params = dataclasses.replace(self.model_params, layer_architecture=layer_architecture)
         other = LM(params, self.tokenizer).to(device=self.device, dtype=self.embedding.weight.dtype)
         other.load_state_dict(self.state_dict())

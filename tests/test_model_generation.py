@@ -139,6 +139,9 @@ def test_sampling_argument_errors(tok):
     with pytest.raises(ValueError, match="sample continues one prefix"):
         lm.sample(torch.tensor([tok("ab"), tok("cd")]))  # a batch of prefixes is not silently joined into one
     assert lm.sample(torch.tensor([tok("ab")]), max_seq_len=6, temperature=0) == lm.sample("ab", max_seq_len=6, temperature=0)
+    with pytest.raises(ValueError, match="non-whole values"):
+        lm.sample(torch.tensor([2.5, 3.0]))  # not silently truncated to ids
+    assert lm.sample(torch.Tensor(tok("ab")), max_seq_len=6, temperature=0) == lm.sample("ab", max_seq_len=6, temperature=0)
 
 
 def test_top_k_and_nucleus_only_emit_allowed_tokens():
