@@ -5,6 +5,8 @@ first word, the language):
     ```python                      an example, run by tests/test_readme.py in document order
     ```bash                        shell commands; `python3 main.py ...` lines are run by the tests
     ```bash no-test                shown but not run (setup, which .ci/run runs itself; wandb login)
+    ```python no-test              not run as part of the examples script (the synthetic-task snippet:
+                                   test_data_synthetic.py runs it inside data/syntheticdata.py)
     ```python edit-find FILE        a customising recipe: the exact lines to find in FILE ...
     ```python edit-replace          ... and what replaces them (must directly follow an edit-find)
     ```python edit-after FILE       ... or lines to insert after the edit-find lines instead

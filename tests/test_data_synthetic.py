@@ -132,3 +132,21 @@ def test_registered_function_becomes_a_task(monkeypatch):
     prompt, target = get_data(DataParams(dataset_name="double", **SMALL)).train[0]
     assert target.split() == prompt.split()[:-1] * 2
     assert dm.len("val:long") == 40 and torch.is_tensor(dm.datasets["train"][0])
+
+
+@pytest.fixture
+def readme_task():
+    """The README's `@registered def double(...)` snippet, run in data/syntheticdata.py's namespace."""
+    from readme_blocks import blocks
+    [snippet] = [b.code for b in blocks() if b.lang == "python" and "@registered" in b.code]
+    exec(snippet, dict(vars(syntheticdata)))
+    yield "double"
+    TASKS.pop("double")  # keep the registry as it was for other tests
+
+
+def test_readme_synthetic_task_example_becomes_a_task(readme_task):
+    dm = LMDataModule(DataParams(dataset_name="double", n_train_samples=20, n_eval_samples=5, max_len=4,
+                                 long_len=0, max_seq_len=32), batch_size=4)
+    prompt, target = get_data(dm.data_params).train[0]
+    assert target.split() == prompt.split()[:-1] * 2 and prompt.split()[-1] == "="
+    assert next(iter(dm.train_dataloader()))["target_mask"].any()
