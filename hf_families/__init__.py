@@ -1,0 +1,8 @@
+"""The transformers model families pretrained.py converts (one module and mapping table each)."""
+from typing import Dict, List
+
+from hf_families.family import Family
+from hf_families.gpt2 import GPT2
+
+FAMILY_LIST: List[Family] = [GPT2]
+FAMILIES: Dict[str, Family] = {model_type: f for f in FAMILY_LIST for model_type in f.model_types}
