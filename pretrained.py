@@ -20,6 +20,7 @@ for i < n_layers (entry 0: the input embedding; entry k: the residual stream aft
 transformers' last hidden state has the final norm applied, ours is the stream before it:
 `lm.decoder.final_norm(embeddings[:, -1])` equals `hidden_states[-1]`.
 """
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -30,6 +31,7 @@ from hf_families import FAMILIES, FAMILY_LIST
 from hf_families.family import Family
 from hf_families.mapping import load_converted_weights, to_our_weights, to_their_weights
 from model.lm import LM
+from model.transformer.transformerencoderlayer import ff_width
 
 if TYPE_CHECKING:  # transformers is imported when a checkpoint is loaded, not with this module
     from transformers import PretrainedConfig, PreTrainedModel
@@ -190,7 +192,8 @@ def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike) -> Pa
 
     lm = lm_or_run_folder if isinstance(lm_or_run_folder, LM) else load_run_lm(lm_or_run_folder)
     family = export_family(lm.model_params)
-    mp, tokenizer = lm.model_params, lm.tokenizer
+    mp = dataclasses.replace(lm.model_params, dim_ff=ff_width(lm.model_params))  # the width, not None
+    tokenizer = lm.tokenizer
     config = family.export_config(mp, tokenizer)
     hf_model = AutoModelForCausalLM.from_config(config, dtype=lm.embedding.weight.dtype)
     their_shapes = {k: v.shape for k, v in hf_model.state_dict().items()}

@@ -68,3 +68,22 @@ def refuse(family: str, problems: Sequence[str]) -> None:
     if problems:
         raise UnsupportedConfig(f"this {family} checkpoint uses options our custom-transformer layer does not "
                                 f"implement: " + "; ".join(problems))
+
+
+def rope_settings(config: Any) -> Dict[str, Any]:
+    """{"rope_type", "rope_theta", "partial_rotary_factor"} of a config, whether transformers stores them
+    in `rope_parameters` (5.x) or in the older `rope_scaling`, `rope_theta`, `rotary_pct`, ... fields."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    scaling = getattr(config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    theta = params.get("rope_theta", config_value(config, "rope_theta", "rotary_emb_base", default=10000.0))
+    partial = params.get("partial_rotary_factor",
+                         config_value(config, "partial_rotary_factor", "rotary_pct", default=1.0))
+    return {"rope_type": rope_type, "rope_theta": float(theta), "partial_rotary_factor": float(partial)}
+
+
+def rope_problems(config: Any) -> List[str]:
+    rope_type = rope_settings(config)["rope_type"]
+    if rope_type != "default":
+        return [f"rope_type={rope_type!r} (rope scaling: we implement plain RoPE, inv_freq = 1 / base ** (2i / d))"]
+    return []
