@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
 
 from data.data_params import DataParams
 from data.tokenizer import Tokenizer
@@ -17,7 +17,7 @@ from main import Namer, build_arg_parser, main
 from model.lm import LM
 from model.model_params import ModelParams
 from pretrained import export_hf, get_pretrained
-from pretrained_helpers import TEXTS, check_all, check_tokenizer_ids, randomize, save_tokenizer
+from pretrained_helpers import TEXTS, check_all, check_export, check_tokenizer_ids, randomize, save_tokenizer
 from train.run import run_training
 from train.train_params import TrainParams
 
@@ -89,21 +89,6 @@ def test_unsupported_or_broken_checkpoints_fail_clearly(tmp_path, gpt2_folder):
 
 
 # ---- export ---------------------------------------------------------------------------------------
-
-def check_export(lm: LM, out: Path, atol: float = 1e-5) -> None:
-    """transformers loads `out`; its logits equal ours; its tokenizer gives our ids; the round trip
-    through get_pretrained gives identical logits."""
-    hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    hf_tokenizer = AutoTokenizer.from_pretrained(out)
-    x = torch.tensor([[lm.tokenizer.bos_id] + lm.tokenizer(" ".join(TEXTS))[:40]])
-    custom = lm.with_layer_architecture("custom-transformer").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(hf(x).logits, lm(x), atol=atol, rtol=0)
-        assert torch.equal(get_pretrained(out)(x), custom(x))
-    for text in TEXTS:
-        assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == lm.tokenizer(text)
-    assert (hf_tokenizer.eos_token_id, hf.config.eos_token_id) == (lm.tokenizer.eos_id, lm.tokenizer.eos_id)
-
 
 @pytest.fixture(scope="module")
 def gpt2_shaped_run(tmp_path_factory) -> Path:
