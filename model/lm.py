@@ -9,8 +9,9 @@
 Names that edits rely on: `lm.decoder` (the Transformer; `lm.decoder.layers` are its blocks),
 `lm.n_tokens` (vocabulary size), `lm.tokenizer`, `lm.model_params`.
 Parameters: embedding.weight, pos_embedding.weight (learned positions only), decoder.layers.{i}.*
-(as nn.TransformerEncoderLayer), decoder.final_norm.*, out_proj.weight (tied to embedding.weight
-when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
+(as nn.TransformerEncoderLayer; plus `gate` for swiglu / geglu and self_attn.q_norm / k_norm with
+qk_norm; self_attn.in_proj_weight is [(n_heads + 2 * n_kv_heads) * head_dim, dim]), decoder.final_norm.*,
+out_proj.weight (tied to embedding.weight when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
 """
 import dataclasses
 import math
