@@ -3,7 +3,7 @@
 Semantics: layernorm with biases, parallel residual when use_parallel_residual (Pythia):
 x + attn(ln1(x)) + mlp(ln2(x)) = our parallel_block; rotary embeddings on the first
 int(head_dim * rotary_pct) dims of each head (Pythia: 25%) = our rope with rotary_frac; exact gelu;
-an untied head (embed_out).
+an untied head (lm_head; the hub files call it embed_out, which transformers renames).
 
 query_key_value is fused per head: its rows are [heads, (q, k, v), head_dim], where our in_proj
 stacks [(q, k, v), heads, head_dim], so it is re-stacked (and back when exporting).
@@ -16,7 +16,7 @@ stacks [(q, k, v), heads, head_dim], so it is re-stacked (and back when exportin
     gpt_neox.layers.{i}.mlp.dense_h_to_4h.*         -> decoder.layers.{i}.linear1.*
     gpt_neox.layers.{i}.mlp.dense_4h_to_h.*         -> decoder.layers.{i}.linear2.*
     gpt_neox.final_layer_norm.*                     -> decoder.final_norm.*
-    embed_out.weight                                -> out_proj.weight  (tied to embed_in when the config says so)
+    lm_head.weight (embed_out in older files)       -> out_proj.weight  (tied to embed_in when the config says so)
 """
 from typing import Any, Callable, List
 
@@ -71,8 +71,8 @@ def rules(config: Any, mp: ModelParams) -> List[Rule]:
     top = [Rule("embedding.weight", ("gpt_neox.embed_in.weight",)),
            Rule("decoder.final_norm.weight", ("gpt_neox.final_layer_norm.weight",)),
            Rule("decoder.final_norm.bias", ("gpt_neox.final_layer_norm.bias",)),
-           Rule("embedding.weight", ("embed_out.weight",), tied=True) if mp.tie_embeddings
-           else Rule("out_proj.weight", ("embed_out.weight",))]
+           Rule("embedding.weight", ("lm_head.weight",), tied=True) if mp.tie_embeddings
+           else Rule("out_proj.weight", ("lm_head.weight",))]
     layer = "gpt_neox.layers.{i}."
     ours = "decoder.layers.{i}."
     block = [Rule(ours + f"{o}.{p}", (layer + f"{t}.{p}",)) for o, t in

@@ -17,7 +17,8 @@ from pretrained_helpers import CHECKPOINTS, TEXTS, check_all, check_export, make
 from train.run import run_training
 from train.train_params import TrainParams
 
-LLAMA_SHAPE = dict(positional_encoding="rope", norm="rmsnorm", activation="swiglu", bias=False)
+LLAMA_SHAPE = dict(positional_encoding="rope", norm="rmsnorm", activation="swiglu", bias=False,
+                   layer_architecture="custom-transformer")  # the new options run on the custom path
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
@@ -37,7 +38,7 @@ def test_a_trained_llama_shaped_run_exports(tmp_path):
     args = build_arg_parser().parse_args(["--config=export", "--no-wandb", "--save", f"--save-dir={tmp_path}"])
     namer = Namer(DataParams(dataset_name="ptb", max_seq_len=32, max_train_samples=64, max_eval_samples=16),
                   ModelParams(n_layers=2, n_heads=4, n_kv_heads=2, dim=32, dim_ff=48, rope_base=5000.0,
-                              tie_embeddings=False, layer_architecture="custom-transformer", **LLAMA_SHAPE),
+                              tie_embeddings=False, **LLAMA_SHAPE),
                   TrainParams(max_steps=3, batch_size=16, lr=1e-2, n_print_samples=0), args, config_name="export")
     folder = Path(run_training(namer)["save_folder"])
     from train.run_folder import load_run
@@ -49,7 +50,8 @@ def test_a_trained_llama_shaped_run_exports(tmp_path):
 def test_pretrained_models_export_back(tmp_path):
     """A converted Qwen3 (qk_norm) and a biased Llama-shaped model write out and read back identically."""
     model_class, config, _ = CHECKPOINTS["qwen3"]
-    check_export(get_pretrained(make_checkpoint(tmp_path / "qwen3", model_class, config)), tmp_path / "qwen3-out")
+    qwen3 = get_pretrained(make_checkpoint(tmp_path / "qwen3", model_class, config))
+    check_export(qwen3, export_hf(qwen3, tmp_path / "qwen3-out"))
     torch.manual_seed(0)
     lm = randomize(LM(ModelParams(n_layers=2, n_heads=2, dim=16, max_seq_len=32, **{**LLAMA_SHAPE, "bias": True}),
                       Tokenizer.train("word", TEXTS)))
@@ -65,3 +67,23 @@ def test_export_names_the_fields_without_an_equivalent(tmp_path):
     assert "Llama: activation='geglu' (Llama's MLP is SwiGLU); rotary_frac=0.5 (Llama rotates every head dim)" in message
     assert "GPT-2: " in message and "norm='rmsnorm'" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_pythia_hub_file_layout_loads(tmp_path):
+    """The hub's Pythia files: the head named embed_out, and causal-mask and rotary buffers stored next to
+    the weights (attention.bias, attention.masked_bias, attention.rotary_emb.inv_freq)."""
+    from safetensors.torch import load_file, save_file
+    model_class, config, _ = CHECKPOINTS["pythia"]
+    folder = make_checkpoint(tmp_path / "pythia", model_class, config)
+    weights = load_file(folder / "model.safetensors")
+    assert "embed_out.weight" in weights  # save_pretrained writes the hub's name
+    for i in range(config.num_hidden_layers):
+        weights[f"gpt_neox.layers.{i}.attention.bias"] = torch.ones(1, 1, 128, 128, dtype=torch.bool).tril()
+        weights[f"gpt_neox.layers.{i}.attention.masked_bias"] = torch.tensor(-1e9)
+        weights[f"gpt_neox.layers.{i}.attention.rotary_emb.inv_freq"] = torch.ones(2)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    lm = get_pretrained(folder)
+    hf = model_class.from_pretrained(folder).eval()
+    x = torch.tensor([[0, 5, 9, 300, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm(x), hf(x).logits, atol=1e-4, rtol=0)
