@@ -68,6 +68,10 @@ def test_export_names_the_fields_without_an_equivalent(tmp_path):
     assert "Llama: activation='geglu' (Llama's MLP is SwiGLU); rotary_frac=0.5 (Llama rotates every head dim)" in message
     assert "GPT-2: " in message and "norm='rmsnorm'" in message
     assert not (tmp_path / "out").exists()
+    lm = LM(ModelParams(n_layers=1, n_heads=2, dim=16, max_seq_len=16, qk_norm=True, **{**LLAMA_SHAPE, "bias": True}),
+            Tokenizer.train("char", TEXTS))
+    with pytest.raises(ValueError, match=r"qk_norm=True with bias=True \(written as Qwen3"):
+        export_hf(lm, tmp_path / "out")
 
 
 def test_pythia_hub_file_layout_loads(tmp_path):
