@@ -152,9 +152,11 @@ class VerificationError(AssertionError):
 
 def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLike] = None,
                        rtol: float = 1e-5, device: str = "cpu") -> Dict[str, Any]:
-    """Load a saved run twice and check: identical parameters; identical eval-mode outputs (two passes
-    of one model, and the two loads); each validation loss recomputed over the whole set (token-weighted
-    mean cross-entropy, as the trainer's final evaluation) equal to final.json's within `rtol`.
+    """Load a saved run twice and check: model.safetensors has the sha256 final.json recorded (the weights
+    were not changed since); finite parameters and outputs (NaN reported as NaN); identical parameters;
+    identical eval-mode outputs (two passes of one model, and the two loads); each validation loss
+    recomputed over the whole set (token-weighted mean cross-entropy, as the trainer's final
+    evaluation) equal to final.json's within `rtol`.
     Prints each check; raises VerificationError on a mismatch. Returns the recomputed losses.
 
     A run trained on CUDA had its final losses measured with TF32 matmuls (train/run.py sets
