@@ -61,6 +61,9 @@ def multi_head_attention_forward(
     if seq > 1:
         future = torch.ones(seq, n_keys, dtype=torch.bool, device=x.device).triu(n_keys - seq + 1)
         attn_output_weights.masked_fill_(future, float("-inf"))
+    #    Batched prompts of different lengths are left-padded (lm.new_kv_cache(pad_left=...)): no query sees padding.
+    if kv_cache is not None and kv_cache.pad_left is not None:
+        attn_output_weights.masked_fill_(kv_cache.padding_mask(seq), float("-inf"))
     # Edit the scores here (masked entries are -inf and must stay -inf, e.g. scale by a positive number).
     attn_output_weights = softmax(attn_output_weights, dim=-1)
 

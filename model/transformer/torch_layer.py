@@ -70,7 +70,10 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         n_keys = k.shape[2]
         # one new token sees every key; a fresh cache is plain causal; otherwise a bottom-right causal mask
         mask = None if seq == 1 or seq == n_keys else ~causal_mask(n_keys, x.device)[-seq:]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(seq == n_keys > 1),
+        padding = kv_cache.padding_mask(seq)  # left-padded batched prompts
+        if padding is not None:
+            mask = ~padding & (~causal_mask(n_keys, x.device)[-seq:] if seq > 1 else True)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(seq == n_keys > 1 and mask is None),
                                              dropout_p=attn.dropout if self.training else 0.0)
         return attn.out_proj(out.transpose(1, 2).reshape(batch, seq, dim)), None
 
