@@ -358,3 +358,13 @@ def test_nan_temperature_and_zero_batch_size_are_clear_errors() -> None:
         lm.sample(pref="ab", temperature=float("nan"))
     with pytest.raises(ValueError, match="batch_size is the number of texts per forward pass"):
         lm.perplexities(["abc"], batch_size=0)
+
+
+def test_the_readme_shows_what_dry_run_prints_for_a_bad_run(capsys: pytest.CaptureFixture) -> None:
+    readme = (REPO / "README.md").read_text()
+    command = "$ python3 main.py --config=test-synth --set ModelParams.max_seq_len=[64,16] --dry-run\n"
+    shown = readme[readme.index(command) + len(command):].split("```")[0]
+    with pytest.raises(SystemExit) as info:
+        main.main(["--config=test-synth", "--set", "ModelParams.max_seq_len=[64,16]", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and out + err == shown
