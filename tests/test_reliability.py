@@ -166,6 +166,16 @@ def test_an_unusable_save_dir_stops_before_training_with_exit_2(tmp_path: Path, 
         namer.claim_save_folder()
 
 
+def test_the_save_dir_check_says_why_a_folder_is_unusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from train.save_dir import check_save_dir
+    check_save_dir(tmp_path / "new" / "runs")  # not there yet: its nearest existing parent is checked
+    with pytest.raises(ValueError, match=r"MiB free, the run needs about \d+\.\d MiB"):
+        check_save_dir(tmp_path, need_bytes=2 ** 60)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a read-only folder (root may write anywhere)
+    with pytest.raises(ValueError, match=rf"cannot save runs under {tmp_path}: {tmp_path} is not writable"):
+        check_save_dir(tmp_path)
+
+
 def test_a_save_that_fails_at_the_end_keeps_the_model_elsewhere_and_says_where(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import train.run_folder
@@ -348,3 +358,13 @@ def test_nan_temperature_and_zero_batch_size_are_clear_errors() -> None:
         lm.sample(pref="ab", temperature=float("nan"))
     with pytest.raises(ValueError, match="batch_size is the number of texts per forward pass"):
         lm.perplexities(["abc"], batch_size=0)
+
+
+def test_the_readme_shows_what_dry_run_prints_for_a_bad_run(capsys: pytest.CaptureFixture) -> None:
+    readme = (REPO / "README.md").read_text()
+    command = "$ python3 main.py --config=test-synth --set ModelParams.max_seq_len=[64,16] --dry-run\n"
+    shown = readme[readme.index(command) + len(command):].split("```")[0]
+    with pytest.raises(SystemExit) as info:
+        main.main(["--config=test-synth", "--set", "ModelParams.max_seq_len=[64,16]", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and out + err == shown

@@ -176,7 +176,10 @@ def read_json(path: PathLike) -> Any:
                               f"{error.colno} (truncated or edited?)") from error
     if isinstance(obj, dict) and isinstance(obj.get(NONFINITE), list):
         for entry in obj.pop(NONFINITE):
-            _set_at(obj, entry["at"], float(entry["value"]))
+            try:
+                _set_at(obj, entry["at"], float(entry["value"]))
+            except (KeyError, IndexError, TypeError, ValueError) as error:
+                raise DamagedRunError(f"{path}: its {NONFINITE!r} entry {entry!r} does not fit the file") from error
     return obj
 
 
