@@ -14,7 +14,7 @@ when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 conven
 """
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from data.tokenizer import Tokenizer
 from model.eval_mode import evaluating
+from model.hooks import HookPoint, Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
 from model.model_params import ModelParams
 from model.perplexity import perplexities
 from model.sampling import check_sampling_args, generate
@@ -45,6 +46,8 @@ class LM(nn.Module):
         with torch.random.fork_rng(devices=[]):
             self.embedding = nn.Embedding(self.n_tokens, mp.dim)
             self.pos_embedding = nn.Embedding(mp.max_seq_len, mp.dim) if mp.positional_encoding == "learned" else None
+            self.hook_embed = HookPoint("hook_embed")  # identity modules marking activations (model/hooks.py)
+            self.hook_pos_embed = HookPoint("hook_pos_embed") if self.pos_embedding is not None else None
             if mp.positional_encoding == "sinusoidal":
                 self.register_buffer("pos_encoding", sinusoidal_positions(mp.max_seq_len, mp.dim), persistent=False)
             else:
@@ -156,10 +159,10 @@ class LM(nn.Module):
 
     def embed(self, x: Tensor, past: int = 0) -> Tensor:
         """Token ids [batch, seq] at positions past..past+seq-1 -> input embeddings [batch, seq, dim]."""
-        h = self.embedding(x)
+        h = self.hook_embed(self.embedding(x))
         positions = slice(past, past + x.shape[1])
         if self.pos_embedding is not None:
-            h = h + self.pos_embedding.weight[positions]
+            h = h + self.hook_pos_embed(self.pos_embedding.weight[positions].expand_as(h))
         elif self.pos_encoding is not None:
             h = h + self.pos_encoding[positions]
         return self.dropout(h)
@@ -192,7 +195,8 @@ class LM(nn.Module):
     # ---- using a trained model ----------------------------------------------------------
     def sample(self, pref: Union[str, Sequence[int], Tensor] = "", max_seq_len: int = 100, temperature: float = 1.0,
                nucleus: Optional[float] = None, top_k: Optional[int] = None, as_str: bool = True,
-               seed: Optional[int] = None, stop_at_eos: bool = True) -> Union[str, List[int]]:
+               seed: Optional[int] = None, stop_at_eos: bool = True, hooks: Optional[Hooks] = None,
+               ) -> Union[str, List[int]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
@@ -204,6 +208,8 @@ class LM(nn.Module):
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
         Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
         previous train/eval mode is restored), with a key/value cache.
+        hooks: as in run_with_hooks, applied at every decoding step. With the cache, a step's hook
+        tensors cover its new positions only (the whole prompt at the first step, then one token).
         """
         check_sampling_args(temperature, nucleus, top_k)
         prefs = self.as_batch(pref)  # the same input forms (and checks) as lm(x)
@@ -219,7 +225,7 @@ class LM(nn.Module):
                              f"({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
         n_new = min(max_seq_len - len(pref_ids), context_len - len(context) + 1)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        with evaluating(self):
+        with evaluating(self), self.hooks(hooks):
             new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
         ids = pref_ids + new
         return self.tokenizer.decode(ids) if as_str else ids
@@ -244,6 +250,30 @@ class LM(nn.Module):
         """
         return perplexities(self, data, per_token=per_token, before_exp=before_exp, dummy_res=dummy_res,
                             batch_size=batch_size)
+
+    # ---- looking inside: hook points (model/hooks.py lists the names and shapes) -----------
+    def hook_names(self) -> List[str]:
+        """Every hook point of this model (TransformerLens names, e.g. "blocks.0.attn.hook_pattern"),
+        in forward order; the same list on both layer paths."""
+        return hook_names(self)
+
+    def hooks(self, hooks: Optional[Hooks]) -> ContextManager[None]:
+        """`with lm.hooks({name: fn, ...}):` (or a list of (name, fn)) attaches fn(tensor, name) -> tensor
+        of the same shape or None (keep) for every call in the block: lm(x), perplexities, sample, training
+        steps. Removed on the way out, also when something raises."""
+        return hooks_attached(self, hooks)
+
+    def run_with_cache(self, x: InputIds, names: NameFilter = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """(logits as lm(x), {name: tensor}): the activations at every hook point, or at those in `names`
+        (a list), or at those a callable names(name) -> bool accepts. Tensors are detached, on the model's
+        device; only the asked-for ones are kept. Runs as lm(x) does (mode, gradients)."""
+        return run_with_cache(self, x, names)
+
+    def run_with_hooks(self, x: InputIds, hooks: Hooks) -> Tensor:
+        """lm(x) with hooks attached: a dict name -> fn or a list of (name, fn); fn(tensor, name) returns
+        a replacement of the same shape or None (keep). Returns the logits; the hooks are removed
+        afterwards, also when a hook raises."""
+        return run_with_hooks(self, x, hooks)
 
     # ---- helpers ------------------------------------------------------------------------
     @property

@@ -7,6 +7,10 @@ self_attn.out_proj, linear1, linear2, norm1, norm2), so weights trained on the f
     norm_first (pre-LN, GPT-2):  x = x + _sa_block(norm1(x));  x = x + _ff_block(norm2(x))
     post-LN (original):          x = norm1(x + _sa_block(x));  x = norm2(x + _ff_block(x))
 
+Hook points (model/hooks.py) are identity modules on the named intermediates (self.hook_resid_pre,
+self.self_attn.hook_q, ...): keep them on the same values when you edit, and lm.run_with_cache /
+lm.run_with_hooks read and patch your variant too.
+
 Edit points: `_sa_block` (attention sublayer), `_ff_block` (feed-forward sublayer; its last
 line returns the sublayer's output), and the attention function itself in
 torch_f_multi_head_attention_forward.py. `self.model_params` carries your ModelParams flags.
@@ -16,6 +20,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from model.hooks import HookPoint
 from model.model_params import ModelParams
 from model.transformer.kv_cache import LayerKVCache
 from model.transformer.torch_f_multi_head_attention_forward import multi_head_attention_forward
@@ -52,6 +57,10 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
         self.out_proj = nn.Linear(dim, dim, bias=bias)
         nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention (LM.init_weights re-initialises)
+        # identity modules on the attention function's intermediates (model/hooks.py), in forward order
+        self.hook_q, self.hook_k, self.hook_v = HookPoint("attn.hook_q"), HookPoint("attn.hook_k"), HookPoint("attn.hook_v")
+        self.hook_attn_scores, self.hook_pattern = HookPoint("attn.hook_attn_scores"), HookPoint("attn.hook_pattern")
+        self.hook_z = HookPoint("attn.hook_z")
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
@@ -59,7 +68,7 @@ class SelfAttention(nn.Module):
             x, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
             n_heads=self.n_heads, dropout_p=self.dropout, training=self.training,
             model_params=self.model_params, attn_requests=attn_requests, kv_cache=kv_cache,
-            need_weights=need_weights)
+            need_weights=need_weights, hooks=self)
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -68,6 +77,12 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, model_params: ModelParams):
         super().__init__()
         mp = self.model_params = model_params
+        # hook points (model/hooks.py): identity modules naming the residual stream and the sublayers' values
+        self.hook_resid_pre, self.hook_ln1 = HookPoint("hook_resid_pre"), HookPoint("ln1.hook_normalized")
+        self.hook_attn_out, self.hook_resid_mid = HookPoint("hook_attn_out"), HookPoint("hook_resid_mid")
+        self.hook_ln2, self.hook_mlp_pre = HookPoint("ln2.hook_normalized"), HookPoint("mlp.hook_pre")
+        self.hook_mlp_post, self.hook_mlp_out = HookPoint("mlp.hook_post"), HookPoint("hook_mlp_out")
+        self.hook_resid_post = HookPoint("hook_resid_post")
         # registered in nn.TransformerEncoderLayer's order, so both paths draw the same initial weights
         self.self_attn = SelfAttention(mp)
         self.linear1 = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias)
@@ -82,15 +97,16 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
+        x = self.hook_resid_pre(x)
         if self.model_params.norm_first:
-            attn_out, weights = self._sa_block(self.norm1(x), attn_requests, kv_cache, need_weights)
-            x = x + attn_out
-            x = x + self._ff_block(self.norm2(x))
+            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(x)), attn_requests, kv_cache, need_weights)
+            x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+            x = x + self.hook_mlp_out(self._ff_block(self.hook_ln2(self.norm2(x))))
         else:
             attn_out, weights = self._sa_block(x, attn_requests, kv_cache, need_weights)
-            x = self.norm1(x + attn_out)
-            x = self.norm2(x + self._ff_block(x))
-        return x, weights
+            x = self.hook_ln1(self.norm1(self.hook_resid_mid(x + self.hook_attn_out(attn_out))))
+            x = self.hook_ln2(self.norm2(x + self.hook_mlp_out(self._ff_block(x))))
+        return self.hook_resid_post(x), weights
 
     def _sa_block(self, x: Tensor, attn_requests: Any, kv_cache: Optional[LayerKVCache],
                   need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
@@ -98,5 +114,5 @@ class TransformerEncoderLayer(nn.Module):
         return self.dropout_sa(x), weights
 
     def _ff_block(self, x: Tensor) -> Tensor:
-        x = self.linear2(self.dropout_act(self.activation(self.linear1(x))))
+        x = self.linear2(self.dropout_act(self.hook_mlp_post(self.activation(self.hook_mlp_pre(self.linear1(x))))))
         return self.dropout_ff(x)
