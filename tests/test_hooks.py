@@ -217,3 +217,10 @@ def test_gpt2_pattern_and_residual_stream_match_transformers():
         torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], ref.attentions[i], atol=1e-5, rtol=0)
         torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_pre"], ref.hidden_states[i], atol=1e-5, rtol=0)
     torch.testing.assert_close(cache["ln_final.hook_normalized"], ref.hidden_states[2], atol=1e-5, rtol=0)
+
+
+def test_mode_changes_inside_a_hooks_block_reach_the_torch_blocks(tok):
+    lm = make_lm(tok, layer_architecture="torch-transformer").eval()
+    with lm.hooks({"hook_embed": lambda t, n: None}):
+        lm.train()
+    assert lm.training and all(m.training for m in lm.modules())

@@ -44,9 +44,13 @@ def custom_blocks(lm: "LM") -> Iterator[None]:
     if not any(isinstance(layer, TorchTransformerEncoderLayer) for layer in layers):
         yield
         return
-    lm.decoder.layers = nn.ModuleList(
+    twins = nn.ModuleList(
         [custom_twin(layer) if isinstance(layer, TorchTransformerEncoderLayer) else layer for layer in layers])
+    lm.decoder.layers = twins
     try:
         yield
     finally:
         lm.decoder.layers = layers
+        layers.training = twins.training  # lm.train() / lm.eval() inside the block reached the twins only
+        for layer, twin in zip(layers, twins):
+            layer.train(twin.training)
