@@ -150,7 +150,7 @@ def hooks_attached(lm: "LM", hooks: Optional[Hooks]) -> Iterator[None]:
     if not pairs:
         yield
         return
-    with custom_blocks(lm):
+    with custom_blocks(lm), uncompiled(lm):
         points = hook_points(lm)
         for name, _ in pairs:
             if name not in points:
@@ -163,6 +163,19 @@ def hooks_attached(lm: "LM", hooks: Optional[Hooks]) -> Iterator[None]:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@contextmanager
+def uncompiled(lm: nn.Module) -> Iterator[None]:
+    """Run a model compiled with lm.compile() uncompiled within the block: the compiled code does not
+    check for hooks added after it was made (torch._dynamo skips those guards), so they would be ignored.
+    (A torch.compile(lm) wrapper cannot be reached from here: call lm itself while hooks are attached.)"""
+    compiled = getattr(lm, "_compiled_call_impl", None)
+    lm._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        lm._compiled_call_impl = compiled
 
 
 def torch_hook(name: str, fn: HookFn) -> Callable[[nn.Module, tuple, Tensor], Optional[Tensor]]:

@@ -224,3 +224,13 @@ def test_mode_changes_inside_a_hooks_block_reach_the_torch_blocks(tok):
     with lm.hooks({"hook_embed": lambda t, n: None}):
         lm.train()
     assert lm.training and all(m.training for m in lm.modules())
+
+
+def test_hooks_reach_a_compiled_model(tok):
+    """Compiled code ignores hooks added after compiling: a compiled LM runs uncompiled while hooked."""
+    lm = make_lm(tok, layer_architecture="custom-transformer").eval()
+    lm.compile(backend="eager")  # dynamo's tracing, without code generation (fast)
+    compiled_logits = lm(TEXT)
+    zeros = lm.run_with_hooks(TEXT, {"ln_final.hook_normalized": lambda t, n: torch.zeros_like(t)})
+    assert torch.equal(zeros, torch.zeros_like(zeros)) and lm._compiled_call_impl is not None
+    assert torch.equal(lm(TEXT), compiled_logits)
