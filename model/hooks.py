@@ -14,21 +14,24 @@ Names and shapes (TransformerLens's names; batch, seq = new positions; keys = po
   hook_pos_embed               [batch, seq, dim]   learned position embeddings (other schemes: absent)
   blocks.{i}.hook_resid_pre    [batch, seq, dim]   block i's input (block 0: embeddings, after dropout)
   blocks.{i}.ln1.hook_normalized  [batch, seq, dim]  norm1's output
-  blocks.{i}.attn.hook_q / hook_k / hook_v  [batch, seq, heads, head_dim]  queries, keys, values
+  blocks.{i}.attn.hook_q / hook_k / hook_v  [batch, seq, heads, head_dim]  queries, keys, values, after
+                               qk_norm and rope; k and v have n_kv_heads heads (grouped-query attention)
   blocks.{i}.attn.hook_attn_scores  [batch, heads, seq, keys]  scaled scores, masked (-inf), before softmax
   blocks.{i}.attn.hook_pattern [batch, heads, seq, keys]  attention probabilities (before dropout)
   blocks.{i}.attn.hook_z       [batch, seq, heads, head_dim]  each head's output, before out_proj
   blocks.{i}.hook_attn_out     [batch, seq, dim]   the attention sublayer's output (after dropout)
   blocks.{i}.hook_resid_mid    [batch, seq, dim]   resid_pre + attn_out
   blocks.{i}.ln2.hook_normalized  [batch, seq, dim]  norm2's output
-  blocks.{i}.mlp.hook_pre      [batch, seq, dim_ff]  linear1's output, before the activation
-  blocks.{i}.mlp.hook_post     [batch, seq, dim_ff]  after the activation
+  blocks.{i}.mlp.hook_pre      [batch, seq, dim_ff]  linear1's output, before the activation (gated: gate's)
+  blocks.{i}.mlp.hook_pre_linear  [batch, seq, dim_ff]  gated activations only: linear1's (the up projection)
+  blocks.{i}.mlp.hook_post     [batch, seq, dim_ff]  after the activation (gated: act(gate) * up)
   blocks.{i}.hook_mlp_out      [batch, seq, dim]   the feed-forward sublayer's output (after dropout)
   blocks.{i}.hook_resid_post   [batch, seq, dim]   block i's output (= get_embeddings entry i + 1)
   ln_final.hook_normalized     [batch, seq, dim]   decoder.final_norm's output (when final_norm)
-Post-LN blocks (norm_first=False): resid_mid is the sum before norm1, ln1.hook_normalized is
-norm1's output (the stream entering the feed-forward), and ln2.hook_normalized is norm2's output,
-which is also the block's output (hook_resid_post fires right after it, on the same values).
+Post-LN blocks (norm_first=False): the norms' outputs are the residual stream, so ln1.hook_normalized
+and hook_resid_mid hold the same tensor (norm1's output), as do ln2.hook_normalized and
+hook_resid_post (norm2's); the ln hook fires first, the resid hook sees its result. Parallel blocks
+(parallel_block=True) add attention and feed-forward to the same input: they have no hook_resid_mid.
 
 With a key/value cache (sampling) each call covers the new positions only: q, k, v, z and the
 residual-stream tensors have seq = the new tokens (1 per step after the prompt); scores and pattern

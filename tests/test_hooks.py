@@ -39,7 +39,7 @@ def test_names_in_forward_order_and_the_same_on_both_paths(tok):
                    final_norm=False)
     block0 = [n[len("blocks.0."):] for n in post.hook_names() if n.startswith("blocks.0.")]
     assert post.hook_names()[:2] == ["hook_embed", "blocks.0.hook_resid_pre"] and "ln_final.hook_normalized" not in post.hook_names()
-    assert block0[7:] == ["hook_attn_out", "hook_resid_mid", "ln1.hook_normalized", "mlp.hook_pre", "mlp.hook_post",
+    assert block0[7:] == ["hook_attn_out", "ln1.hook_normalized", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post",
                           "hook_mlp_out", "ln2.hook_normalized", "hook_resid_post"]
     assert list(post.run_with_cache(TEXT)[1]) == post.hook_names()
 
@@ -234,3 +234,43 @@ def test_hooks_reach_a_compiled_model(tok):
     zeros = lm.run_with_hooks(TEXT, {"ln_final.hook_normalized": lambda t, n: torch.zeros_like(t)})
     assert torch.equal(zeros, torch.zeros_like(zeros)) and lm._compiled_call_impl is not None
     assert torch.equal(lm(TEXT), compiled_logits)
+
+
+OPTIONS = {  # issue 10's architecture options, each where a hook point changes
+    "llama-like": dict(positional_encoding="rope", norm="rmsnorm", activation="swiglu", n_heads=4, n_kv_heads=2,
+                       qk_norm=True, bias=False, rotary_frac=0.5),
+    "alibi": dict(positional_encoding="alibi", n_heads=4),
+    "parallel": dict(parallel_block=True, positional_encoding="sinusoidal"),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_hook_points_in_every_architecture(tok, option):
+    lm = make_lm(tok, layer_architecture="custom-transformer", **OPTIONS[option]).eval()
+    mp, names = lm.model_params, lm.hook_names()
+    assert ("hook_pos_embed" in names) is False  # positions act in the attention, or are a fixed table
+    assert ("blocks.0.hook_resid_mid" in names) == (option != "parallel")
+    assert ("blocks.0.mlp.hook_pre_linear" in names) == (option == "llama-like")
+    x = torch.tensor([tok(TEXT)])
+    with torch.no_grad():
+        out = lm(x, get_embeddings=True, get_attn=True)
+        logits, cache = lm.run_with_cache(x)
+        assert torch.equal(logits, out["logits"]) and list(cache) == names
+        assert torch.equal(lm.run_with_hooks(x, [(n, lambda t, n: t) for n in names]), out["logits"])
+    head_dim, n_kv = mp.dim // mp.n_heads, mp.n_kv_heads or mp.n_heads
+    for i in range(2):
+        assert torch.equal(cache[f"blocks.{i}.hook_resid_post"], out["embeddings"][:, i + 1])
+        assert torch.equal(cache[f"blocks.{i}.attn.hook_pattern"], out["attns"][:, i])
+        q, k = cache[f"blocks.{i}.attn.hook_q"], cache[f"blocks.{i}.attn.hook_k"]
+        assert q.shape == (1, x.shape[1], mp.n_heads, head_dim) and k.shape == (1, x.shape[1], n_kv, head_dim)
+        # the scores are these q and k (after qk_norm and rope) as they stand, plus alibi's bias and the mask
+        k = k.repeat_interleave(mp.n_heads // n_kv, dim=2)
+        scores = (q.transpose(1, 2) / head_dim ** 0.5) @ k.transpose(1, 2).transpose(-2, -1)
+        hooked = cache[f"blocks.{i}.attn.hook_attn_scores"]
+        visible = torch.isfinite(hooked)
+        if option != "alibi":
+            torch.testing.assert_close(scores[visible], hooked[visible], atol=1e-5, rtol=0)
+        assert torch.equal(visible[0, 0], torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril())
+    if option == "llama-like":  # hook_post is the activated gate times the up projection
+        pre, up = cache["blocks.0.mlp.hook_pre"], cache["blocks.0.mlp.hook_pre_linear"]
+        torch.testing.assert_close(cache["blocks.0.mlp.hook_post"], torch.nn.functional.silu(pre) * up)
