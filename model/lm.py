@@ -350,6 +350,8 @@ def check_model_params(mp: ModelParams) -> None:
         problems.append(f"dim_ff must be positive or None (= 4 * dim), got {mp.dim_ff}")
     if not 0 <= mp.dropout < 1:
         problems.append(f"dropout must be in [0, 1), got {mp.dropout}")
+    if not mp.layer_norm_eps > 0:  # also catches nan
+        problems.append(f"layer_norm_eps must be > 0, got {mp.layer_norm_eps}")
     for field, value, options in (("activation", mp.activation, ACTIVATIONS),
                                   ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
                                   ("norm", mp.norm, NORMS),
