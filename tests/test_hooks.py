@@ -274,3 +274,19 @@ def test_hook_points_in_every_architecture(tok, option):
     if option == "llama-like":  # hook_post is the activated gate times the up projection
         pre, up = cache["blocks.0.mlp.hook_pre"], cache["blocks.0.mlp.hook_pre_linear"]
         torch.testing.assert_close(cache["blocks.0.mlp.hook_post"], torch.nn.functional.silu(pre) * up)
+
+
+def test_batched_sampling_and_beam_search_with_hooks(tok):
+    lm = make_lm(tok, layer_architecture="torch-transformer", seed=3).eval()
+    no_attn = {f"blocks.{i}.hook_attn_out": (lambda t, n: torch.zeros_like(t)) for i in range(2)}
+    by_hand = lm.with_layer_architecture("custom-transformer")
+    with torch.no_grad():
+        for layer in by_hand.decoder.layers:
+            layer.self_attn.out_proj.weight.zero_()
+            layer.self_attn.out_proj.bias.zero_()
+    prompts = ["the", "hello wo"]
+    kwargs = dict(max_seq_len=12, as_str=False, stop_at_eos=False)
+    assert (lm.sample(prompts, temperature=0, hooks=no_attn, **kwargs)
+            == by_hand.sample(prompts, temperature=0, **kwargs))
+    assert lm.beam_search("the", beam_size=3, hooks=no_attn, **kwargs) == by_hand.beam_search("the", beam_size=3, **kwargs)
+    assert attached_hooks(lm) == 0 and isinstance(lm.decoder.layers[0], TorchTransformerEncoderLayer)
