@@ -46,6 +46,13 @@ class Transformer(nn.Module):
         """Transformer blocks in self.layers (plain inserted modules not counted)."""
         return sum(is_block(layer) for layer in self.layers)
 
+    def new_cache(self, batch_size: int = 1, pad_left: Optional[Tensor] = None) -> KVCache:
+        """An empty key/value cache, one slot per block, the model's context long (lm.new_kv_cache)."""
+        if pad_left is not None:
+            raise ValueError("left-padded prompts (pad_left) are not supported by the transformer's key/value "
+                             "cache yet: give each prompt its own cache")
+        return KVCache(self.n_blocks, self.model_params.max_seq_len)
+
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[KVCache] = None,
                 get_embeddings: bool = False, get_attn: bool = False,
                 ) -> Tuple[Tensor, Optional[List[Tensor]], Optional[List[Tensor]]]:
