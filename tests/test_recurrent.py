@@ -15,6 +15,7 @@ from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, Recurrent
 from model.sampling import choose_next_token
 from model_explorer import show_lm_attns, verify_stable_load
 from model_helpers import TEXTS, char_tokenizer, make_lm
+from test_main_cli import run_main
 from test_train import SORT_TRAIN, KeepModel, SigintAtStep, make_namer, sort_task
 from train.run import run_training
 from train.run_folder import load_run
@@ -216,3 +217,13 @@ def test_lstm_run_saves_loads_and_resumes_exactly(tmp_path: Path):
     assert expected.keys() == got.keys()
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), f"{name} differs after stop + resume"
+
+
+def test_command_line_lists_sweeps_and_refuses_the_transformer_swap_ablation():
+    listed = run_main("--list-params")
+    assert listed.returncode == 0 and '"lstm", "gru", "rnn" (tanh)' in listed.stdout
+    sweep = run_main("--config=ptb-lstm", "--set", 'layer_architecture=["lstm","gru","rnn"]', "--dry-run")
+    assert sweep.returncode == 0, sweep.stderr
+    assert [line.split("layer_architecture=")[1] for line in sweep.stdout.splitlines()] == ['"lstm"', '"gru"', '"rnn"']
+    ablate = run_main("--config=ptb-lstm", "--ablate", "--dry-run")
+    assert ablate.returncode == 2 and "swaps the two transformer paths; a 'lstm' model" in ablate.stderr
