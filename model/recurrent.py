@@ -12,13 +12,15 @@ Sampling carries a RecurrentState (lm.new_kv_cache()) from step to step instead 
     logits = lm(prefix_ids, kv_cache=state)        # reads the prefix, keeps each layer's final state
     logits = lm([[next_id]], kv_cache=state)       # one step from there
 """
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.model_params import ModelParams
+from model.transformer.kv_cache import check_pad_left
+from model.transformer.norms import make_norm
 
 RECURRENT_ARCHITECTURES = ("lstm", "gru", "rnn")
 LayerState = Union[Tensor, Tuple[Tensor, Tensor]]  # h, or (h, c) for an LSTM; each [1, batch, dim]
@@ -47,13 +49,9 @@ class RecurrentState:
     left-padding counts: row r's first pad_left[r] positions are padding and leave its state untouched,
     so a left-padded batch of prompts gives each row the outputs of its prompt read alone."""
 
-    def __init__(self, n_layers: int, batch_size: int = 1, max_len: Optional[int] = None,
-                 pad_left: Optional[Tensor] = None):
-        if pad_left is not None:
-            pad_left = torch.as_tensor(pad_left, dtype=torch.long)
-            if pad_left.shape != (batch_size,) or (pad_left < 0).any():
-                raise ValueError(f"pad_left must hold one count >= 0 per row, shape ({batch_size},), "
-                                 f"got {pad_left.tolist()}")
+    def __init__(self, n_layers: int, max_len: int, batch_size: int = 1,
+                 pad_left: Union[None, Tensor, Sequence[int]] = None):
+        pad_left = check_pad_left(pad_left, batch_size, max_len)  # the same checks as the KVCache's
         self.layers: List[Optional[LayerState]] = [None] * n_layers  # None: zeros, nothing read yet
         self.batch_size = batch_size
         self.max_len = max_len
@@ -91,15 +89,16 @@ class RecurrentDecoder(nn.Module):
         mp = self.model_params = model_params
         self.layers = nn.ModuleList([make_recurrent_layer(mp) for _ in range(mp.n_layers)])
         self.dropout = nn.Dropout(mp.dropout)  # after each layer: between layers and on the output
-        self.final_norm = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias) if mp.final_norm else None
+        self.final_norm = make_norm(mp.dim, mp) if mp.final_norm else None  # ModelParams.norm
 
     @property
     def n_blocks(self) -> int:
         """Recurrent layers in self.layers (plain modules inserted between them not counted)."""
         return sum(isinstance(layer, nn.RNNBase) for layer in self.layers)
 
-    def new_cache(self, batch_size: int = 1, pad_left: Optional[Tensor] = None) -> RecurrentState:
-        return RecurrentState(self.n_blocks, batch_size, self.model_params.max_seq_len, pad_left)
+    def new_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> RecurrentState:
+        """An empty state, zeros in every layer (see lm.new_kv_cache)."""
+        return RecurrentState(self.n_blocks, self.model_params.max_seq_len, batch_size, pad_left)
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[RecurrentState] = None,
                 get_embeddings: bool = False, get_attn: bool = False,
@@ -114,9 +113,6 @@ class RecurrentDecoder(nn.Module):
             raise ValueError(f"attention does not exist in recurrent models (layer_architecture="
                              f"{self.model_params.layer_architecture!r}): ask for get_embeddings instead, "
                              "or train a transformer (layer_architecture='custom-transformer') to look at attention")
-        if kv_cache is not None and kv_cache.batch_size != x.shape[0]:
-            raise ValueError(f"the recurrent state holds {kv_cache.batch_size} rows, the input has {x.shape[0]}: "
-                             f"make it with lm.new_kv_cache(batch_size={x.shape[0]})")
         n_pad = kv_cache.padding_in(x.shape[1], x.device) if kv_cache is not None else None
         embeddings: Optional[List[Tensor]] = [x] if get_embeddings else None
         block_index = 0

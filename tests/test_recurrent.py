@@ -130,7 +130,7 @@ def test_reorder_keeps_and_repeats_rows(tok, arch):
     for row, (source, token) in enumerate(zip([1, 1, 0], [1, 2, 3])):
         expected = lm(torch.cat([x[source:source + 1], torch.tensor([[token]])], dim=1))[0, -1]
         assert torch.allclose(got[row], expected, atol=1e-5)
-    with pytest.raises(ValueError, match="holds 3 rows, the input has 1"):
+    with pytest.raises(AssertionError, match="input has 1 rows but the kv cache was made for 3"):
         lm(nxt[:1], kv_cache=state)
 
 

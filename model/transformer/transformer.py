@@ -1,4 +1,4 @@
-"""The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final LayerNorm.
+"""The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final norm.
 
 `ModelParams.layer_architecture` picks the block:
   "torch-transformer"  -> TorchTransformerEncoderLayer (torch_layer.py): PyTorch's fused layer, fast;
@@ -6,12 +6,13 @@
 `self.layers` may also hold plain modules between the blocks (e.g. an nn.ReLU()); they are
 called with the hidden state alone.
 """
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
 from model.model_params import ModelParams
 from model.transformer.kv_cache import KVCache
+from model.transformer.norms import make_norm
 from model.transformer.torch_layer import TorchTransformerEncoderLayer
 from model.transformer.transformerencoderlayer import TransformerEncoderLayer
 
@@ -39,19 +40,16 @@ class Transformer(nn.Module):
 
         self.layers = nn.ModuleList([make_layer() for _ in range(self.model_params.n_layers)])
         mp = self.model_params
-        self.final_norm = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias) if mp.final_norm else None
+        self.final_norm = make_norm(mp.dim, mp) if mp.final_norm else None
 
     @property
     def n_blocks(self) -> int:
         """Transformer blocks in self.layers (plain inserted modules not counted)."""
         return sum(is_block(layer) for layer in self.layers)
 
-    def new_cache(self, batch_size: int = 1, pad_left: Optional[Tensor] = None) -> KVCache:
-        """An empty key/value cache, one slot per block, the model's context long (lm.new_kv_cache)."""
-        if pad_left is not None:
-            raise ValueError("left-padded prompts (pad_left) are not supported by the transformer's key/value "
-                             "cache yet: give each prompt its own cache")
-        return KVCache(self.n_blocks, self.model_params.max_seq_len)
+    def new_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
+        """An empty key/value cache, one slot per block, the model's context long (see lm.new_kv_cache)."""
+        return KVCache(self.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[KVCache] = None,
                 get_embeddings: bool = False, get_attn: bool = False,
