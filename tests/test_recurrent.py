@@ -15,6 +15,7 @@ from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, Recurrent
 from model.sampling import choose_next_token
 from model_explorer import show_lm_attns, verify_stable_load
 from model_helpers import TEXTS, char_tokenizer, make_lm
+import test_decoding as decoding
 from test_main_cli import run_main
 from test_train import SORT_TRAIN, KeepModel, SigintAtStep, make_namer, sort_task
 from train.run import run_training
@@ -227,3 +228,11 @@ def test_command_line_lists_sweeps_and_refuses_the_transformer_swap_ablation():
     assert [line.split("layer_architecture=")[1] for line in sweep.stdout.splitlines()] == ['"lstm"', '"gru"', '"rnn"']
     ablate = run_main("--config=ptb-lstm", "--ablate", "--dry-run")
     assert ablate.returncode == 2 and "swaps the two transformer paths; a 'lstm' model" in ablate.stderr
+
+
+@pytest.mark.parametrize("arch", RECURRENT_ARCHITECTURES)
+def test_batched_sampling_and_beam_search_carry_the_state_per_row(tok, arch):
+    """lm.sample and lm.beam_search over several prompts (left-padded, rows reordered by the beams)
+    give what each prompt gives alone: the decoding tests of test_decoding.py, on recurrent models."""
+    decoding.test_batched_sampling_equals_one_by_one(tok, arch)
+    decoding.test_beam_size_one_is_greedy_and_batched_beams_equal_single(tok, arch)
