@@ -31,6 +31,7 @@ def test_names_in_forward_order_and_the_same_on_both_paths(tok):
     assert names == (["hook_embed", "hook_pos_embed"] + [f"blocks.{i}.{n}" for i in range(2) for n in BLOCK_NAMES]
                      + ["ln_final.hook_normalized"])
     assert lm.with_layer_architecture("custom-transformer").hook_names() == names
+    assert not any("hook" in key for key in lm.with_layer_architecture("custom-transformer").state_dict())  # runs load
     _, cache = lm.run_with_cache(TEXT)
     assert list(cache) == names  # the order the forward pass reached them
     assert all(isinstance(layer, TorchTransformerEncoderLayer) for layer in lm.decoder.layers)  # swapped back
