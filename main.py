@@ -209,11 +209,11 @@ def where_raised(error: BaseException) -> str:
 
 
 def print_summary(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) -> None:
-    print("\n=== summary")
-    for run, result in zip(runs, results):  # results may be shorter than runs after a Ctrl-C
-        losses = "  ".join(f"{k}={result[k]:.4f}" for k in ("val_loss", "test_loss")
-                           if isinstance(result, dict) and isinstance(result.get(k), (int, float)))
-        print(f"{losses}  {describe_run(run)}")
+    """The comparison table of the runs just made (from memory: saved or not), as --compare prints it."""
+    from run_comparison import records_of_results, table_text
+    done = list(zip(runs, results))  # results may be shorter than runs after a Ctrl-C
+    print(f"\n=== comparison of the {len(done)} run(s)")
+    print(table_text(records_of_results([run.params for run, _ in done], [result for _, result in done])))
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -246,6 +246,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              "says so and uses the CPU")
     parser.add_argument("--ablate", action="store_true",
                         help="after each run, also run its ablations (defined in run_all in main.py)")
+    parser.add_argument("--compare", metavar="CONFIG",
+                        help="print the table of the saved runs of CONFIG (with --task, of that task only): the "
+                             "params that differ, final losses, tokens/s, wall time; save their val-loss plot to "
+                             "../metrics/compare-CONFIG[-TASK].png; train nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, one line each, and exit")
     parser.add_argument("--list-params", action="store_true",
                         help="list every field of DataParams, ModelParams, TrainParams and exit")
@@ -258,6 +262,17 @@ def check_paths(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag}={path}: no such file or folder.")
 
 
+def compare_saved_runs(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """--compare CONFIG [--task TASK]: the comparison table of saved runs (run_comparison.py)."""
+    if args.config:
+        raise ConfigError("--compare reads saved runs and trains nothing: give --compare CONFIG without --config")
+    from run_comparison import compare_command  # imports torch: only when asked
+    try:
+        return compare_command(args.compare, args.task, save_dir=args.save_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
@@ -265,6 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         if args.list_params:
             print(format_params_list())
             return []
+        if args.compare:
+            return compare_saved_runs(args)
         if not args.config:
             parser.error("--config is required, e.g. --config=test-nlp (configs/*.txt lists them)")
         check_paths(args)

@@ -24,6 +24,7 @@ from data.tokenizer import Tokenizer
 from model.eval_mode import evaluating
 from model.model_params import ModelParams
 from model.perplexity import perplexities
+from model.sample_text import check_sample_mode, render_sample, resolve_stop_at_eos
 from model.sampling import check_sampling_args, generate
 from model.transformer.kv_cache import KVCache
 from model.transformer.transformer import LAYER_ARCHITECTURES, Transformer
@@ -34,11 +35,14 @@ InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
 
 
 class LM(nn.Module):
-    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer):
+    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer, sample_mode: Optional[str] = None):
+        """sample_mode: "stream", "lines" or "synthetic", the layout of the training samples (None: not
+        known); it decides how text samples show <eos> and whether sampling stops there (model/sample_text.py)."""
         super().__init__()
         check_model_params(model_params)
         mp = self.model_params = model_params
         self.tokenizer = tokenizer
+        self.sample_mode: Optional[str] = check_sample_mode(sample_mode)
         self.n_tokens: int = tokenizer.vocab_size
         # Construction draws random numbers that differ between the two layer architectures; undo them,
         # so that init_weights draws the same weights for the same seed whichever architecture is used.
@@ -192,17 +196,18 @@ class LM(nn.Module):
     # ---- using a trained model ----------------------------------------------------------
     def sample(self, pref: Union[str, Sequence[int], Tensor] = "", max_seq_len: int = 100, temperature: float = 1.0,
                nucleus: Optional[float] = None, top_k: Optional[int] = None, as_str: bool = True,
-               seed: Optional[int] = None, stop_at_eos: bool = True) -> Union[str, List[int]]:
+               seed: Optional[int] = None, stop_at_eos: Optional[bool] = None) -> Union[str, List[int]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
-        Generation stops at eos (not included; with stop_at_eos=False it goes on across line ends, as
-        in stream-mode training data), when the returned sample reaches `max_seq_len` tokens
-        (prefix included; the bos that sample puts in front is not part of it), or when the model's
+        Generation stops at eos (not included) if stop_at_eos, when the returned sample reaches
+        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it), or when the model's
         context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
-        Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
+        stop_at_eos=None: False for a model of stream-mode text, whose <eos> is a line end (so a bare
+        call continues the text), True otherwise. Returns text when as_str (in stream mode with <eos>
+        as a newline), else the list of ids. Runs in eval mode under no_grad (the
         previous train/eval mode is restored), with a key/value cache.
         """
         check_sampling_args(temperature, nucleus, top_k)
@@ -219,10 +224,11 @@ class LM(nn.Module):
                              f"({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
         n_new = min(max_seq_len - len(pref_ids), context_len - len(context) + 1)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        stop_at_eos = resolve_stop_at_eos(stop_at_eos, self.sample_mode)
         with evaluating(self):
             new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
         ids = pref_ids + new
-        return self.tokenizer.decode(ids) if as_str else ids
+        return render_sample(self.tokenizer, ids, self.sample_mode) if as_str else ids
 
     def new_kv_cache(self) -> KVCache:
         """An empty key/value cache for `self(x, kv_cache=...)`, one slot per block, the model's context long."""
@@ -260,7 +266,7 @@ class LM(nn.Module):
         The copy is built from the code and model_params: modules put into decoder.layers by hand at run
         time are not carried over (those added in Transformer.__init__, as the README recipes do, are)."""
         params = dataclasses.replace(self.model_params, layer_architecture=layer_architecture)
-        other = LM(params, self.tokenizer).to(device=self.device, dtype=self.embedding.weight.dtype)
+        other = LM(params, self.tokenizer, self.sample_mode).to(device=self.device, dtype=self.embedding.weight.dtype)
         other.load_state_dict(self.state_dict())
         return other.train(self.training)
 
