@@ -170,3 +170,11 @@ def test_wandb_group_and_tags_of_a_sweep(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     wandb_logger("proj", "n_layers=2,lr=0.003", {}, **sweep_group_and_tags(namer))
     assert seen["group"] == "sweep-example" and seen["tags"] == ["n_layers=2", "lr=0.003"]
+
+
+def test_table_is_a_dataframe_when_pandas_is_installed(sweep, metrics_dir):
+    pandas = pytest.importorskip("pandas")
+    table = compare_runs("sweep-example", save_dir=sweep["save_dir"], show=False)
+    assert isinstance(table, pandas.DataFrame) and len(table) == 4
+    assert list(table.columns[:3]) == ["timestamp", "n_layers", "lr"]
+    assert table.loc[table["val_loss"].idxmin(), "val_loss"] == min(r["val_loss"] for r in sweep["results"])
