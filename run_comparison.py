@@ -59,9 +59,9 @@ def flat_params(sections: Dict[str, Any]) -> Dict[str, Any]:
 
 # ---- choosing runs ---------------------------------------------------------------------------------
 def select_run_folders(selector: Selector, save_dir: Optional[PathLike] = None) -> List[Path]:
-    """The run folders a selector names, oldest first: a config name (all its tasks; "test" also takes
-    test-* as --config does), a (config, task) pair or "config/task", a list of timestamps, run
-    folders or list_runs() rows."""
+    """The run folders a selector names: a config name (all its tasks; "test" also takes test-* as
+    --config does) or a (config, task) pair or "config/task", oldest first; or a list of timestamps,
+    run folders or list_runs() rows, in the order given."""
     import model_explorer
     root = model_explorer.save_root(save_dir)
     is_stamp = model_explorer._parse_timestamp
@@ -69,7 +69,7 @@ def select_run_folders(selector: Selector, save_dir: Optional[PathLike] = None) 
             and is_stamp(selector[0]) is None:
         return _config_folders(selector[0], selector[1], root)
     if isinstance(selector, (str, Path)):
-        if Path(selector).is_dir():
+        if (Path(selector) / "final.json").is_file():  # one run folder
             return [Path(selector)]
         if is_stamp(str(selector)) is not None:
             return [model_explorer.find_run_folder(str(selector), root)]
