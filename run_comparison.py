@@ -15,17 +15,19 @@ import dataclasses
 import json
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from config_parser import SECTIONS
 from main import format_value, safe_name
-from train.run_folder import read_final, read_params, read_train_stats
+from train.run_folder import read_final, read_params, read_train_stats, run_folder_problem
 from train.train_stats import TrainStats
 
 PathLike = Union[str, Path]
 Selector = Union[str, Tuple[str, str], Sequence[Union[str, Path, Dict[str, Any]]]]
+FLAGS = ("interrupted", "diverged")  # final.json marks shown as columns when a run has them
 SEED = "seed"  # TrainParams.seed: the field aggregate_seeds averages over
 _FIELDS = {section: {f.name for f in dataclasses.fields(cls)} for section, cls in SECTIONS.items()}
 _SHARED_NAMES = {name for names in _FIELDS.values() for name in names  # written Section.field, as with --set
@@ -104,6 +106,11 @@ def _config_folders(config: str, task: Optional[str], root: Path) -> List[Path]:
         raise FileNotFoundError(f"no saved runs of config {config!r} under {root}.{hint} Configs with saved runs: "
                                 f"{', '.join(configs) or 'none (train with --save)'}")
     picked = [f for f in folders if f.relative_to(root).parts[0] in chosen and len(f.relative_to(root).parts) == 4]
+    for folder in list(picked):
+        problem = run_folder_problem(folder)
+        if problem:
+            warnings.warn(f"left out of the comparison, damaged: {folder} ({problem})")
+            picked.remove(folder)
     if task is not None:
         tasks = sorted({f.relative_to(root).parts[1] for f in picked})
         picked = [f for f in picked if f.relative_to(root).parts[1] == safe_name(task)]
@@ -177,13 +184,11 @@ def comparison_rows(records: Sequence[RunRecord], aggregate_seeds: bool = False)
     columns = differing_params(records, exclude=[SEED] if aggregate_seeds else [])
     rows = []
     for r in records:
-        row: Dict[str, Any] = {"timestamp": r.name, **{c: r.params.get(c) for c in columns}, **metric_values(r)}
-        if r.final.get("interrupted"):
-            row["interrupted"] = True
-        rows.append(row)
-    if any(row.get("interrupted") for row in rows):
-        for row in rows:
-            row.setdefault("interrupted", False)
+        rows.append({"timestamp": r.name, **{c: r.params.get(c) for c in columns}, **metric_values(r)})
+    for flag in FLAGS:  # a column only when some run has it
+        if any(r.final.get(flag) for r in records):
+            for r, row in zip(records, rows):
+                row[flag] = bool(r.final.get(flag))
     if not aggregate_seeds:
         return rows
     groups: Dict[str, List[Tuple[RunRecord, Dict[str, Any]]]] = {}

@@ -12,8 +12,8 @@ def check_sampling_args(temperature: float, nucleus: Optional[float], top_k: Opt
     """Raise ValueError with a fix for any invalid combination."""
     if nucleus is not None and top_k is not None:
         raise ValueError(f"give either nucleus (top-p) or top_k, not both (got nucleus={nucleus}, top_k={top_k})")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not temperature >= 0 or temperature == float("inf"):  # `not >=` also catches nan
+        raise ValueError(f"temperature must be >= 0 (0 = greedy) and finite, got {temperature}")
     if nucleus is not None and not 0 < nucleus <= 1:
         raise ValueError(f"nucleus is the probability mass to sample from: give 0 < nucleus <= 1, got {nucleus}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
