@@ -66,7 +66,8 @@ class Namer:
     def save_folder_name(self) -> str:
         """`{save_dir}/{config}/{task}/{run name or "default"}/{timestamp}`. Decided on the first call.
         Timestamps identify runs (model_explorer loads by timestamp), so if a run under the save dir
-        already has this one, it gets a -1, -2, ... suffix (self.timestamp changes with it)."""
+        already has this one, it gets a -1, -2, ... suffix (self.timestamp changes with it). A run that
+        saves makes the name its own with claim_save_folder(), which may move to the next suffix."""
         if self._save_folder is None:
             save_dir = Path(getattr(self.args, "save_dir", None) or DEFAULT_SAVE_DIR)
             if self._timestamp_on_disk(save_dir, self.timestamp):

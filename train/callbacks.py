@@ -4,7 +4,9 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
@@ -178,6 +180,75 @@ class TQDMBar(_ShowsModuleMetrics, TQDMProgressBar):
     pass
 
 
-def progress_bar() -> ProgressBar:
-    """Lightning's own choice (Rich when installed, else tqdm), showing the LMTrainer's metrics."""
+class LineProgress(ProgressBar):
+    """Progress for logs, `nohup` and CI (standard output not a terminal): one plain line every
+    `every_s` seconds (step, loss, tokens/s, ETA) instead of a bar that redraws and is never seen."""
+
+    default_every_s = 10.0
+
+    def __init__(self, every_s: Optional[float] = None, stream: Any = None):
+        super().__init__()
+        self.every_s = self.default_every_s if every_s is None else every_s
+        self.stream = stream
+        self._enabled = True
+        self._last = 0.0
+        self._last_tokens = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """LightningModule.print goes through the progress bar: here a plain, flushed print."""
+        print(*args, **{"flush": True, **kwargs})
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._last = time.perf_counter()
+        self._last_tokens = self._tokens(pl_module)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if not self._enabled or now - self._last < self.every_s or not trainer.is_global_zero:
+            return
+        tokens = self._tokens(pl_module)
+        rate = (tokens - self._last_tokens) / max(now - self._last, 1e-9)
+        self._last, self._last_tokens = now, tokens
+        print(self.line(trainer, pl_module, rate), file=self.stream or sys.stdout, flush=True)
+
+    @staticmethod
+    def _tokens(pl_module: "L.LightningModule") -> int:
+        throughput = getattr(pl_module, "throughput", None)
+        return throughput.total_tokens if throughput is not None else 0
+
+    @staticmethod
+    def line(trainer: "L.Trainer", pl_module: "L.LightningModule", tokens_per_s: float) -> str:
+        """e.g. "step 120/600 (epoch 0) | loss 2.4512 | 10,234 tokens/s | ETA 1m05s"."""
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        known_total = bool(total) and total != float("inf")
+        parts = [f"step {step}/{total}" if known_total else f"step {step}", f"(epoch {trainer.current_epoch})"]
+        loss = getattr(pl_module, "progress_metrics", {}).get("loss")
+        if loss is not None:
+            parts.append(f"| loss {loss:.4f}")
+        parts.append(f"| {tokens_per_s:,.0f} tokens/s")
+        elapsed = pl_module.elapsed_s() if hasattr(pl_module, "elapsed_s") else None
+        if elapsed and step and known_total:
+            remaining = elapsed / step * max(0, total - step)
+            parts.append(f"| ETA {int(remaining // 60)}m{int(remaining % 60):02d}s")
+        return " ".join(parts)
+
+
+def progress_bar(interactive: Optional[bool] = None) -> ProgressBar:
+    """Lightning's own bar (Rich when installed, else tqdm) showing the LMTrainer's metrics when standard
+    output is a terminal; otherwise (logs, nohup, CI) a plain progress line every ~10 s."""
+    if interactive is None:
+        interactive = sys.stdout.isatty()
+    if not interactive:
+        return LineProgress()
     return RichBar() if _RICH_AVAILABLE else TQDMBar()

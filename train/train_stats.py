@@ -58,7 +58,7 @@ class Throughput:
     def __init__(self) -> None:
         self.tokens = 0
         self.seconds = 0.0
-        self.total_tokens = 0  # since the start (of this process's training), for mean_tokens_per_s
+        self.total_tokens = 0  # never reset: progress lines and mean_tokens_per_s (final.json)
         self.total_seconds = 0.0
         self._since: Optional[float] = None
 
