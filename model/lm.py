@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.tokenizer import Tokenizer
-from model.eval_mode import evaluating
 from model.model_params import ModelParams
 from model.perplexity import perplexities
-from model.sample_text import check_sample_mode, render_sample, resolve_stop_at_eos
-from model.sampling import check_sampling_args, generate
+from model.sample_text import check_sample_mode, resolve_stop_at_eos
+from model.beam_search import beam_search
+from model.sampling import sample
 from model.transformer.feedforward import ACTIVATIONS, ff_width
 from model.transformer.kv_cache import KVCache
 from model.transformer.norms import NORMS
@@ -203,41 +203,45 @@ class LM(nn.Module):
         return loss, y.shape[0]
 
     # ---- using a trained model ----------------------------------------------------------
-    def sample(self, pref: Union[str, Sequence[int], Tensor] = "", max_seq_len: int = 100, temperature: float = 1.0,
-               nucleus: Optional[float] = None, top_k: Optional[int] = None, as_str: bool = True,
-               seed: Optional[int] = None, stop_at_eos: Optional[bool] = None) -> Union[str, List[int]]:
+    def sample(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
+               max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
+               top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
+               stop_at_eos: Optional[bool] = None) -> Union[str, List[int], List[Union[str, List[int]]]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
         Generation stops at eos (not included) if stop_at_eos, when the returned sample reaches
-        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it), or when the model's
-        context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
+        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it), or
+        when the model's context (model_params.max_seq_len tokens read) is full: a sample never outgrows it.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
         stop_at_eos=None: False for a model of stream-mode text, whose <eos> is a line end (so a bare
-        call continues the text), True otherwise. Returns text when as_str (in stream mode with <eos>
-        as a newline), else the list of ids. Runs in eval mode under no_grad (the
-        previous train/eval mode is restored), with a key/value cache.
+        call continues the text), True otherwise (model/sample_text.py).
+        pref may also be a list of prompts (strings, id lists, 1-D tensors; a list of ints is ONE
+        prompt): they are sampled as a batch and a list of samples comes back, each the same as
+        sampling its prompt alone with the same seed (every row has its own generator seeded with seed).
+        Returns text when as_str (in stream mode with <eos> as a newline), else the list of ids. Runs in
+        eval mode under no_grad (the previous train/eval mode is restored), with a key/value cache.
         """
-        check_sampling_args(temperature, nucleus, top_k)
-        prefs = self.as_batch(pref)  # the same input forms (and checks) as lm(x)
-        if prefs.shape[0] != 1:
-            raise ValueError(f"sample continues one prefix, got {prefs.shape[0]} of them (shape "
-                             f"{tuple(prefs.shape)}): pass one row, e.g. pref=x[0]")
-        pref_ids = prefs[0].tolist()
-        bos = self.tokenizer.bos_id
-        context = pref_ids if pref_ids[:1] == [bos] else [bos] + pref_ids
-        context_len = self.model_params.max_seq_len
-        if len(context) > context_len:
-            raise ValueError(f"prefix of {len(context)} tokens (bos included) is longer than the model's context "
-                             f"({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
-        n_new = min(max_seq_len - len(pref_ids), context_len - len(context) + 1)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        stop_at_eos = resolve_stop_at_eos(stop_at_eos, self.sample_mode)
-        with evaluating(self):
-            new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
-        ids = pref_ids + new
-        return render_sample(self.tokenizer, ids, self.sample_mode) if as_str else ids
+        return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed,
+                      resolve_stop_at_eos(stop_at_eos, self.sample_mode))
+
+    def beam_search(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
+                    beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0, n_best: int = 1,
+                    as_str: bool = True, stop_at_eos: bool = True, **unsupported: Any) -> Any:
+        """The most likely continuations of `pref` by beam search, the same as transformers'
+        generate(num_beams=beam_size, do_sample=False, length_penalty=length_penalty, early_stopping=True,
+        num_return_sequences=n_best). Prefix, bos and length conventions as `sample`.
+
+        Returns the best sample (text when as_str, else ids) when n_best == 1, else a list of n_best
+        (sample, score) pairs, best first; score = sum of the token log-probabilities (eos included when
+        the hypothesis ended with it) / (number of new tokens) ** length_penalty. length_penalty > 0
+        favours longer hypotheses. Search stops once beam_size hypotheses have ended (early stopping).
+        pref may be a list of prompts (as in `sample`): then a list of those results comes back.
+        Text as in `sample` (stream mode: <eos> as a newline, seen only with stop_at_eos=False).
+        """
+        return beam_search(self, pref, beam_size, max_seq_len, length_penalty, n_best, as_str, stop_at_eos,
+                           **unsupported)
 
     def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
         """An empty key/value cache for `self(x, kv_cache=...)` with x of `batch_size` rows, one slot per
