@@ -65,6 +65,10 @@ def test_lm_sample_continues_stream_text_and_stops_elsewhere(mode):
         assert ids == tok("ab") and text == "ab"
         assert lm.sample(pref="ab", max_seq_len=5, temperature=0.0, stop_at_eos=False) == "ab<eos><eos><eos>"
     assert lm.with_layer_architecture("custom-transformer").sample_mode == mode
+    batched = lm.sample(pref=["ab", "a"], max_seq_len=5, temperature=0.0)  # a list of prompts reads the same
+    assert batched == [text, lm.sample(pref="a", max_seq_len=5, temperature=0.0)]
+    beam = lm.beam_search(pref="ab", beam_size=2, max_seq_len=5, stop_at_eos=False)
+    assert beam == ("ab\n\n\n" if mode == "stream" else "ab<eos><eos><eos>")
 
 
 def test_lm_refuses_an_unknown_sample_mode():
