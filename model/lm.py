@@ -25,6 +25,7 @@ from data.tokenizer import Tokenizer
 from model.hooks import HookPoint, Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
 from model.model_params import ModelParams
 from model.perplexity import perplexities
+from model.sample_text import check_sample_mode, resolve_stop_at_eos
 from model.beam_search import beam_search
 from model.sampling import sample
 from model.transformer.feedforward import ACTIVATIONS, ff_width
@@ -39,11 +40,14 @@ InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
 
 
 class LM(nn.Module):
-    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer):
+    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer, sample_mode: Optional[str] = None):
+        """sample_mode: "stream", "lines" or "synthetic", the layout of the training samples (None: not
+        known); it decides how text samples show <eos> and whether sampling stops there (model/sample_text.py)."""
         super().__init__()
         check_model_params(model_params)
         mp = self.model_params = model_params
         self.tokenizer = tokenizer
+        self.sample_mode: Optional[str] = check_sample_mode(sample_mode)
         self.n_tokens: int = tokenizer.vocab_size
         # Construction draws random numbers that differ between the two layer architectures; undo them,
         # so that init_weights draws the same weights for the same seed whichever architecture is used.
@@ -209,28 +213,30 @@ class LM(nn.Module):
     def sample(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
                max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
                top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
-               stop_at_eos: bool = True, hooks: Optional[Hooks] = None,
+               stop_at_eos: Optional[bool] = None, hooks: Optional[Hooks] = None,
                ) -> Union[str, List[int], List[Union[str, List[int]]]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
-        Generation stops at eos (not included; with stop_at_eos=False it goes on across line ends, as
-        in stream-mode training data), when the returned sample reaches `max_seq_len` tokens
-        (prefix included; the bos that sample puts in front is not part of it), or when the model's
-        context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
+        Generation stops at eos (not included) if stop_at_eos, when the returned sample reaches
+        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it), or
+        when the model's context (model_params.max_seq_len tokens read) is full: a sample never outgrows it.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
+        stop_at_eos=None: False for a model of stream-mode text, whose <eos> is a line end (so a bare
+        call continues the text), True otherwise (model/sample_text.py).
         pref may also be a list of prompts (strings, id lists, 1-D tensors; a list of ints is ONE
         prompt): they are sampled as a batch and a list of samples comes back, each the same as
         sampling its prompt alone with the same seed (every row has its own generator seeded with seed).
-        Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
-        previous train/eval mode is restored), with a key/value cache.
+        Returns text when as_str (in stream mode with <eos> as a newline), else the list of ids. Runs in
+        eval mode under no_grad (the previous train/eval mode is restored), with a key/value cache.
         hooks: as in run_with_hooks, applied at every decoding step. With the cache, a step's hook
         tensors cover its new positions only (the whole prompt at the first step, then one token;
         several prompts are left-padded to one batch, so that first step includes the padding).
         """
         with self.hooks(hooks):
-            return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed, stop_at_eos)
+            return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed,
+                          resolve_stop_at_eos(stop_at_eos, self.sample_mode))
 
     def beam_search(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
                     beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0, n_best: int = 1,
@@ -245,6 +251,7 @@ class LM(nn.Module):
         the hypothesis ended with it) / (number of new tokens) ** length_penalty. length_penalty > 0
         favours longer hypotheses. Search stops once beam_size hypotheses have ended (early stopping).
         pref may be a list of prompts (as in `sample`): then a list of those results comes back.
+        Text as in `sample` (stream mode: <eos> as a newline, seen only with stop_at_eos=False).
         hooks: as in `sample` (the batch rows are then the beams).
         """
         with self.hooks(hooks):
@@ -328,7 +335,7 @@ class LM(nn.Module):
     def _copy_with(self, **changes: Any) -> "LM":
         """This model rebuilt with ModelParams `changes`, its weights loaded, on the same device/dtype/mode."""
         params = dataclasses.replace(self.model_params, **changes)
-        other = LM(params, self.tokenizer).to(device=self.device, dtype=self.embedding.weight.dtype)
+        other = LM(params, self.tokenizer, self.sample_mode).to(device=self.device, dtype=self.embedding.weight.dtype)
         state = self.state_dict()
         if self.pos_embedding is not None and params.max_seq_len < self.model_params.max_seq_len:
             state["pos_embedding.weight"] = state["pos_embedding.weight"][: params.max_seq_len]
