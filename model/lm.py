@@ -295,8 +295,11 @@ class LM(nn.Module):
 
     def __repr__(self) -> str:
         mp = self.model_params
-        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads, dim {mp.dim}, "
-                f"dim_ff {ff_width(mp)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
+        kv = f" ({mp.n_kv_heads} kv)" if mp.n_kv_heads not in (None, mp.n_heads) else ""
+        options = [mp.positional_encoding, mp.norm, mp.activation] + \
+            [name for name in ("qk_norm", "parallel_block") if getattr(mp, name)]
+        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads{kv}, dim {mp.dim}, "
+                f"dim_ff {ff_width(mp)}, {' '.join(options)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
                 f"{self.n_parameters():,} parameters)")
 
 

@@ -282,6 +282,7 @@ def test_parameter_names_of_the_options(tok):
                       p + "linear1.weight": (64, 16), p + "gate.weight": (64, 16), p + "linear2.weight": (16, 64),
                       p + "norm1.weight": (16,), p + "norm2.weight": (16,)}
     assert isinstance(lm.decoder.final_norm, torch.nn.RMSNorm)
+    assert "4 heads (1 kv), dim 16, dim_ff 64, learned rmsnorm swiglu qk_norm, context 24" in repr(lm)
     assert make_lm(tok, activation="geglu", dim=48, n_heads=4).decoder.layers[0].gate.out_features == 128  # 8/3*48
 
 
