@@ -122,9 +122,11 @@ def test_left_padded_batch_gives_each_prompts_solo_logits(tok, name):
     steps = torch.tensor([[3, 7], [4, 8], [6, 9]])
     with torch.no_grad():
         cache = lm.new_kv_cache(batch_size=3, pad_left=pad_left)
-        first = lm(batch, kv_cache=cache)
+        out = lm(batch, kv_cache=cache, get_attn=True)
+        first = out["logits"]
         later = [lm(steps[:, i:i + 1], kv_cache=cache) for i in range(2)]
         for row, prompt in enumerate(prompts):
+            assert not out["attns"][row, :, :, pad_left[row]:, :pad_left[row]].any(), "no token reads padding"
             solo = lm([prompt + steps[row].tolist()])[0]
             torch.testing.assert_close(first[row, pad_left[row]:], solo[:len(prompt)], rtol=0, atol=1e-5)
             torch.testing.assert_close(torch.cat([later[0][row], later[1][row]]), solo[len(prompt):],
