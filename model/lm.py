@@ -238,6 +238,8 @@ class LM(nn.Module):
         block, the model's context long. pad_left [batch_size]: left-padding counts of batched prompts
         of different lengths (row r's first pad_left[r] tokens are padding: never attended to, and the
         real tokens get positions 0, 1, ...), so each row gives the logits of its prompt run alone."""
+        if pad_left is not None:  # on the model's device: positions and masks are made from it at every step
+            pad_left = torch.as_tensor(pad_left, device=self.device)
         return KVCache(self.decoder.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
 
     def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
