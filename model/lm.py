@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.tokenizer import Tokenizer
-from model.eval_mode import evaluating
 from model.model_params import ModelParams
 from model.perplexity import perplexities
-from model.sampling import check_sampling_args, generate
+from model.beam_search import beam_search
+from model.sampling import sample
 from model.transformer.feedforward import ACTIVATIONS, ff_width
 from model.transformer.kv_cache import KVCache
 from model.transformer.norms import NORMS
@@ -199,9 +199,10 @@ class LM(nn.Module):
         return loss, y.shape[0]
 
     # ---- using a trained model ----------------------------------------------------------
-    def sample(self, pref: Union[str, Sequence[int], Tensor] = "", max_seq_len: int = 100, temperature: float = 1.0,
-               nucleus: Optional[float] = None, top_k: Optional[int] = None, as_str: bool = True,
-               seed: Optional[int] = None, stop_at_eos: bool = True) -> Union[str, List[int]]:
+    def sample(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
+               max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
+               top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
+               stop_at_eos: bool = True) -> Union[str, List[int], List[Union[str, List[int]]]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
@@ -211,27 +212,29 @@ class LM(nn.Module):
         context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
+        pref may also be a list of prompts (strings, id lists, 1-D tensors; a list of ints is ONE
+        prompt): they are sampled as a batch and a list of samples comes back, each the same as
+        sampling its prompt alone with the same seed (every row has its own generator seeded with seed).
         Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
         previous train/eval mode is restored), with a key/value cache.
         """
-        check_sampling_args(temperature, nucleus, top_k)
-        prefs = self.as_batch(pref)  # the same input forms (and checks) as lm(x)
-        if prefs.shape[0] != 1:
-            raise ValueError(f"sample continues one prefix, got {prefs.shape[0]} of them (shape "
-                             f"{tuple(prefs.shape)}): pass one row, e.g. pref=x[0]")
-        pref_ids = prefs[0].tolist()
-        bos = self.tokenizer.bos_id
-        context = pref_ids if pref_ids[:1] == [bos] else [bos] + pref_ids
-        context_len = self.model_params.max_seq_len
-        if len(context) > context_len:
-            raise ValueError(f"prefix of {len(context)} tokens (bos included) is longer than the model's context "
-                             f"({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
-        n_new = min(max_seq_len - len(pref_ids), context_len - len(context) + 1)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        with evaluating(self):
-            new = generate(self, context, n_new, temperature, nucleus, top_k, generator, stop_at_eos)
-        ids = pref_ids + new
-        return self.tokenizer.decode(ids) if as_str else ids
+        return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed, stop_at_eos)
+
+    def beam_search(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
+                    beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0, n_best: int = 1,
+                    as_str: bool = True, stop_at_eos: bool = True, **unsupported: Any) -> Any:
+        """The most likely continuations of `pref` by beam search, the same as transformers'
+        generate(num_beams=beam_size, do_sample=False, length_penalty=length_penalty, early_stopping=True,
+        num_return_sequences=n_best). Prefix, bos and length conventions as `sample`.
+
+        Returns the best sample (text when as_str, else ids) when n_best == 1, else a list of n_best
+        (sample, score) pairs, best first; score = sum of the token log-probabilities (eos included when
+        the hypothesis ended with it) / (number of new tokens) ** length_penalty. length_penalty > 0
+        favours longer hypotheses. Search stops once beam_size hypotheses have ended (early stopping).
+        pref may be a list of prompts (as in `sample`): then a list of those results comes back.
+        """
+        return beam_search(self, pref, beam_size, max_seq_len, length_penalty, n_best, as_str, stop_at_eos,
+                           **unsupported)
 
     def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
         """An empty key/value cache for `self(x, kv_cache=...)` with x of `batch_size` rows, one slot per
@@ -321,6 +324,8 @@ def check_model_params(mp: ModelParams) -> None:
         problems.append(f"dim_ff must be positive or None (= 4 * dim), got {mp.dim_ff}")
     if not 0 <= mp.dropout < 1:
         problems.append(f"dropout must be in [0, 1), got {mp.dropout}")
+    if not mp.layer_norm_eps > 0:  # also catches nan
+        problems.append(f"layer_norm_eps must be > 0, got {mp.layer_norm_eps}")
     for field, value, options in (("activation", mp.activation, ACTIVATIONS),
                                   ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
                                   ("norm", mp.norm, NORMS),
