@@ -6,10 +6,11 @@
 `self.layers` may also hold plain modules between the blocks (e.g. an nn.ReLU()); they are
 called with the hidden state alone.
 """
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
+from model.hooks import HookPoint
 from model.model_params import ModelParams
 from model.transformer.kv_cache import KVCache
 from model.transformer.norms import make_norm
@@ -41,11 +42,16 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([make_layer() for _ in range(self.model_params.n_layers)])
         mp = self.model_params
         self.final_norm = make_norm(mp.dim, mp) if mp.final_norm else None
+        self.hook_ln_final = HookPoint("ln_final.hook_normalized") if mp.final_norm else None  # model/hooks.py
 
     @property
     def n_blocks(self) -> int:
         """Transformer blocks in self.layers (plain inserted modules not counted)."""
         return sum(is_block(layer) for layer in self.layers)
+
+    def new_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
+        """An empty key/value cache, one slot per block, the model's context long (see lm.new_kv_cache)."""
+        return KVCache(self.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[KVCache] = None,
                 get_embeddings: bool = False, get_attn: bool = False,
@@ -74,5 +80,5 @@ class Transformer(nn.Module):
         if embeddings is not None:
             embeddings.append(x)
         if self.final_norm is not None:
-            x = self.final_norm(x)
+            x = self.hook_ln_final(self.final_norm(x))
         return x, embeddings, attns
