@@ -41,6 +41,8 @@ def get_data(data_params: DataParams, data_path: Optional[Union[str, Path]] = No
         return natural.shakespeare(folder, where, p.val_frac, p.test_frac)
     if name in natural.WIKITEXT_HUB:
         return natural.wikitext(name, folder, where, resolve_cache_dir(cache_dir))
+    if name.startswith("hf:"):
+        return natural.hf_dataset(name[len("hf:"):], p.text_column, folder, resolve_cache_dir(cache_dir))
     if folder is not None and (folder / name).is_dir():
         return natural.custom_folder(folder / name, p.val_frac, p.test_frac, p.split_seed)
     raise ValueError(unknown_task_message(name, folder, where))
@@ -48,7 +50,7 @@ def get_data(data_params: DataParams, data_path: Optional[Union[str, Path]] = No
 
 def task_names(data_folder: Optional[Path] = None) -> List[str]:
     """Every dataset_name that works: built-in corpora, synthetic tasks, folders in the data folder."""
-    return [*NATURAL_TASKS, *sorted(SYNTHETIC_TASKS), *natural.custom_task_names(data_folder)]
+    return [*NATURAL_TASKS, *sorted(SYNTHETIC_TASKS), *natural.custom_task_names(data_folder), "hf:NAME[:CONFIG]"]
 
 
 def unknown_task_message(name: str, folder: Optional[Path], where: str) -> str:
