@@ -1,4 +1,5 @@
-"""Lightning callbacks of a run: keep `last.ckpt` for --resume, stop cleanly on Ctrl-C, show the loss."""
+"""Lightning callbacks of a run: keep `last.ckpt` for --resume, stop cleanly on Ctrl-C, show the loss,
+gather FSDP-sharded weights at the end."""
 import contextlib
 import os
 import signal
@@ -27,10 +28,13 @@ class LastCheckpoint(Callback):
         self._stop_saved_at: Optional[int] = None  # global step of the checkpoint written at a stop
 
     def save(self, trainer: "L.Trainer") -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Every rank takes part (the state may be spread over them); rank 0 writes the file."""
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -87,8 +91,31 @@ class CtrlCStop(Callback):
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if self.requested and (step_done or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        if not (step_done or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            return
+        requested = self.requested
+        if trainer.world_size > 1:  # a Ctrl-C reaches the ranks at different moments: all stop at the same step
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+            self.requested = requested
+        if requested:
             trainer.should_stop = True
+
+
+class FullWeights(Callback):
+    """Under FSDP each rank holds a shard of every block: at the end of training all ranks gather the
+    full weights for rank 0 (`weights`, the LM's own keys), which then evaluates and saves them.
+    None with other strategies, where the model is whole on every rank."""
+
+    def __init__(self) -> None:
+        self.weights: Optional[dict] = None
+
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+        if isinstance(trainer.strategy, FSDPStrategy):
+            full = trainer.strategy.lightning_module_state_dict()  # every rank takes part
+            if trainer.is_global_zero:
+                self.weights = {key[len("model."):]: value for key, value in full.items()
+                                   if key.startswith("model.")}
 
 
 class _ShowsModuleMetrics:
