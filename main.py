@@ -263,6 +263,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="GPUs per job (default: %(default)s)")
     parser.add_argument("--ablate", action="store_true",
                         help="after each run, also run its ablations (defined in run_all in main.py)")
+    parser.add_argument("--export-hf", nargs=2, metavar=("RUN", "OUT_FOLDER"),
+                        help="write the saved run RUN (its folder, or its timestamp under --save-dir) as a "
+                             "transformers checkpoint folder OUT_FOLDER (AutoModelForCausalLM and AutoTokenizer "
+                             "load it) and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, one line each, and exit")
     parser.add_argument("--list-params", action="store_true",
                         help="list every field of DataParams, ModelParams, TrainParams and exit")
@@ -286,6 +290,24 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def export_run(run: str, out_folder: str, save_dir: Optional[str] = None) -> None:
+    """--export-hf: the run folder (or timestamp under save_dir) as a transformers checkpoint folder."""
+    if Path(out_folder).exists() and any(Path(out_folder).iterdir()):
+        raise ConfigError(f"--export-hf: {out_folder} already exists and is not empty; give a new folder")
+    from pretrained import export_hf  # heavy (torch, transformers): imported only when exporting
+    try:
+        if Path(run).exists():
+            folder = Path(run)
+        else:
+            from model_explorer import find_run_folder
+            folder = find_run_folder(run, save_dir)
+        out = export_hf(folder, out_folder)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"--export-hf {run}: {error}") from error
+    print(f"exported {folder} to {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "
+          f"and AutoTokenizer.from_pretrained({str(out)!r})")
+
+
 def check_paths(args: argparse.Namespace) -> None:
     for flag, path in (("--resume", args.resume), ("--data-path", args.data_path)):
         if path is not None and not Path(path).exists():
@@ -301,6 +323,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     try:
         if args.list_params:
             print(format_params_list())
+            return []
+        if args.export_hf:
+            export_run(*args.export_hf, save_dir=args.save_dir)
             return []
         if not args.config:
             parser.error("--config is required, e.g. --config=test-nlp (configs/*.txt lists them)")

@@ -28,18 +28,30 @@ KINDS = ("char", "word", "bpe", "gpt2")
 class Tokenizer:
     """A thin wrapper over a `tokenizers.Tokenizer` with the special ids every model needs."""
 
-    def __init__(self, hf_tokenizer: HFTokenizer):
+    def __init__(self, hf_tokenizer: HFTokenizer, eos_id: Optional[int] = None, bos_id: Optional[int] = None,
+                 pad_id: Optional[int] = None, vocab_size: Optional[int] = None):
+        """eos_id, bos_id, pad_id: a pretrained checkpoint's own special ids (pretrained.py passes them);
+        by default `<eos>` (or `<|endoftext|>`) is all three. vocab_size: the model's vocabulary when
+        it is larger than the tokenizer's (checkpoints often pad their embedding matrix)."""
         self.hf = hf_tokenizer
-        eos = EOS if hf_tokenizer.token_to_id(EOS) is not None else GPT2_EOS
-        self.eos_id: int = hf_tokenizer.token_to_id(eos)
-        if self.eos_id is None:
-            raise ValueError(f"tokenizer has neither {EOS!r} nor {GPT2_EOS!r}: cannot mark line ends")
-        self.bos_id: int = self.eos_id
-        self.pad_id: int = self.eos_id
+        if eos_id is None:
+            eos = EOS if hf_tokenizer.token_to_id(EOS) is not None else GPT2_EOS
+            eos_id = hf_tokenizer.token_to_id(eos)
+            if eos_id is None:
+                raise ValueError(f"tokenizer has neither {EOS!r} nor {GPT2_EOS!r}: cannot mark line ends")
+        self.eos_id: int = eos_id
+        self.bos_id: int = self.eos_id if bos_id is None else bos_id
+        self.pad_id: int = self.eos_id if pad_id is None else pad_id
         self.unk_id: Optional[int] = hf_tokenizer.token_to_id(UNK)
         # one past the largest id, so an embedding of this size can hold every id even if the
         # vocabulary has holes (a tokenizer.json written elsewhere may have them)
-        self.vocab_size: int = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+        own_size = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+        if vocab_size is not None and vocab_size < own_size:
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's {own_size} tokens")
+        self.vocab_size: int = own_size if vocab_size is None else vocab_size
+        for name in ("eos_id", "bos_id", "pad_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name}={getattr(self, name)} is not a token id (vocabulary of {self.vocab_size})")
 
     # ---- building -------------------------------------------------------------------
     @classmethod

@@ -9,8 +9,9 @@
 Names that edits rely on: `lm.decoder` (the Transformer; `lm.decoder.layers` are its blocks),
 `lm.n_tokens` (vocabulary size), `lm.tokenizer`, `lm.model_params`.
 Parameters: embedding.weight, pos_embedding.weight (learned positions only), decoder.layers.{i}.*
-(as nn.TransformerEncoderLayer), decoder.final_norm.*, out_proj.weight (tied to embedding.weight
-when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
+(as nn.TransformerEncoderLayer; plus `gate` for swiglu / geglu and self_attn.q_norm / k_norm with
+qk_norm; self_attn.in_proj_weight is [(n_heads + 2 * n_kv_heads) * head_dim, dim]), decoder.final_norm.*,
+out_proj.weight (tied to embedding.weight when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
 """
 import dataclasses
 import math
@@ -25,11 +26,14 @@ from model.eval_mode import evaluating
 from model.model_params import ModelParams
 from model.perplexity import perplexities
 from model.sampling import check_sampling_args, generate
+from model.transformer.feedforward import ACTIVATIONS, ff_width
 from model.transformer.kv_cache import KVCache
+from model.transformer.norms import NORMS
+from model.transformer.positions import rotary_dims, sinusoidal_positions, token_positions
 from model.transformer.transformer import LAYER_ARCHITECTURES, Transformer
-from model.transformer.transformerencoderlayer import ACTIVATIONS, SelfAttention, ff_width
+from model.transformer.transformerencoderlayer import SelfAttention
 
-POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "none")
+POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
 
 
@@ -59,13 +63,13 @@ class LM(nn.Module):
     def init_weights(self) -> None:
         """GPT-2's initialisation: N(0, 0.02) for embeddings and linear weights, with the residual
         projections (attention out_proj, linear2) scaled by 1/sqrt(2 * n_layers); zero biases;
-        LayerNorm gain 1. Applies to these module types wherever they are (your added nn.Linear too);
+        norm gains 1. Applies to these module types wherever they are (your added nn.Linear too);
         parameters of other modules keep their own init."""
         residual_std = 0.02 / math.sqrt(2 * self.model_params.n_layers)
         for name, module in self.named_modules():
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
-                if module.bias is not None:
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (SelfAttention, nn.MultiheadAttention)):
                 nn.init.normal_(module.in_proj_weight, 0.0, 0.02)
@@ -97,7 +101,7 @@ class LM(nn.Module):
         cond, msg = self.check_input(x, kv_cache)
         assert cond, msg
         past = kv_cache.length if kv_cache is not None else 0
-        h = self.embed(x, past)
+        h = self.embed(x, past, pad_left=kv_cache.pad_left if kv_cache is not None else None)
         h, embeddings, attns = self.decoder(h, attn_requests=attn_requests, kv_cache=kv_cache,
                                             get_embeddings=get_embeddings, get_attn=get_attn)
         logits = self.out_proj(h)
@@ -140,6 +144,9 @@ class LM(nn.Module):
         max_len = self.model_params.max_seq_len
         if x.numel() == 0:
             return False, f"empty input (shape {tuple(x.shape)}): give at least one token, e.g. [lm.tokenizer.bos_id]"
+        if kv_cache is not None and x.shape[0] != kv_cache.batch_size:
+            return False, (f"input has {x.shape[0]} rows but the kv cache was made for {kv_cache.batch_size}: "
+                           f"make it with lm.new_kv_cache(batch_size={x.shape[0]})")
         if past + x.shape[1] > max_len:
             past_note = f" after {past} cached tokens" if past else ""
             return False, (f"input of {x.shape[1]} tokens{past_note} is longer than the model's context "
@@ -154,14 +161,16 @@ class LM(nn.Module):
                            f"from {lowest} to {highest}: encode text with lm.tokenizer")
         return True, ""
 
-    def embed(self, x: Tensor, past: int = 0) -> Tensor:
-        """Token ids [batch, seq] at positions past..past+seq-1 -> input embeddings [batch, seq, dim]."""
+    def embed(self, x: Tensor, past: int = 0, pad_left: Optional[Tensor] = None) -> Tensor:
+        """Token ids [batch, seq] at positions past..past+seq-1 -> input embeddings [batch, seq, dim].
+        pad_left [batch] (left-padded rows, see KVCache): row r's positions start at its first real token.
+        rope and alibi add nothing here: they act in the attention."""
         h = self.embedding(x)
-        positions = slice(past, past + x.shape[1])
-        if self.pos_embedding is not None:
-            h = h + self.pos_embedding.weight[positions]
-        elif self.pos_encoding is not None:
-            h = h + self.pos_encoding[positions]
+        table = self.pos_embedding.weight if self.pos_embedding is not None else self.pos_encoding
+        if table is not None and pad_left is None:
+            h = h + table[past: past + x.shape[1]]
+        elif table is not None:  # per-row positions; padding (negative positions) reads position 0
+            h = h + table[token_positions(past, x.shape[1], pad_left, x.device).clamp(min=0)]
         return self.dropout(h)
 
     # ---- training ---------------------------------------------------------------------
@@ -224,9 +233,12 @@ class LM(nn.Module):
         ids = pref_ids + new
         return self.tokenizer.decode(ids) if as_str else ids
 
-    def new_kv_cache(self) -> KVCache:
-        """An empty key/value cache for `self(x, kv_cache=...)`, one slot per block, the model's context long."""
-        return KVCache(self.decoder.n_blocks, self.model_params.max_seq_len)
+    def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
+        """An empty key/value cache for `self(x, kv_cache=...)` with x of `batch_size` rows, one slot per
+        block, the model's context long. pad_left [batch_size]: left-padding counts of batched prompts
+        of different lengths (row r's first pad_left[r] tokens are padding: never attended to, and the
+        real tokens get positions 0, 1, ...), so each row gives the logits of its prompt run alone."""
+        return KVCache(self.decoder.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
 
     def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
                      dummy_res: float = -1, batch_size: int = 32,
@@ -259,9 +271,26 @@ class LM(nn.Module):
         architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention.
         The copy is built from the code and model_params: modules put into decoder.layers by hand at run
         time are not carried over (those added in Transformer.__init__, as the README recipes do, are)."""
-        params = dataclasses.replace(self.model_params, layer_architecture=layer_architecture)
+        return self._copy_with(layer_architecture=layer_architecture)
+
+    def with_max_seq_len(self, max_seq_len: int) -> "LM":
+        """A copy of this model (same weights) with a longer (or shorter) context: possible for positions
+        that have no trained table (rope, alibi, sinusoidal, none). Whether the model reads longer texts
+        well is another question (README: Architectures)."""
+        if self.model_params.positional_encoding == "learned" and max_seq_len > self.model_params.max_seq_len:
+            raise ValueError(f"this model has learned positions for {self.model_params.max_seq_len} tokens "
+                             f"(pos_embedding): it cannot read {max_seq_len}. Models with positional_encoding "
+                             f"rope, alibi, sinusoidal or none can be given a longer context")
+        return self._copy_with(max_seq_len=max_seq_len)
+
+    def _copy_with(self, **changes: Any) -> "LM":
+        """This model rebuilt with ModelParams `changes`, its weights loaded, on the same device/dtype/mode."""
+        params = dataclasses.replace(self.model_params, **changes)
         other = LM(params, self.tokenizer).to(device=self.device, dtype=self.embedding.weight.dtype)
-        other.load_state_dict(self.state_dict())
+        state = self.state_dict()
+        if self.pos_embedding is not None and params.max_seq_len < self.model_params.max_seq_len:
+            state["pos_embedding.weight"] = state["pos_embedding.weight"][: params.max_seq_len]
+        other.load_state_dict(state)
         return other.train(self.training)
 
     def __repr__(self) -> str:
@@ -281,12 +310,15 @@ def check_model_params(mp: ModelParams) -> None:
         problems.append(f"need n_layers >= 1, n_heads >= 1, dim >= 1 (got {mp.n_layers}, {mp.n_heads}, {mp.dim})")
     elif mp.dim % mp.n_heads:
         problems.append(f"dim ({mp.dim}) must be divisible by n_heads ({mp.n_heads})")
+    else:
+        problems += transformer_option_problems(mp)
     if mp.dim_ff is not None and mp.dim_ff < 1:
         problems.append(f"dim_ff must be positive or None (= 4 * dim), got {mp.dim_ff}")
     if not 0 <= mp.dropout < 1:
         problems.append(f"dropout must be in [0, 1), got {mp.dropout}")
     for field, value, options in (("activation", mp.activation, ACTIVATIONS),
                                   ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
+                                  ("norm", mp.norm, NORMS),
                                   ("layer_architecture", mp.layer_architecture, LAYER_ARCHITECTURES)):
         if value not in options:
             problems.append(f"unknown {field} {value!r}: choose one of {', '.join(options)}")
@@ -294,12 +326,34 @@ def check_model_params(mp: ModelParams) -> None:
         raise ValueError("invalid ModelParams:\n  " + "\n  ".join(problems))
 
 
-def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:
-    """The fixed encodings of "Attention is all you need": [n_positions, dim], sin on even and cos on
-    odd features, wavelengths from 2*pi to 10000*2*pi."""
-    position = torch.arange(n_positions, dtype=torch.float32).unsqueeze(1)
-    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    encoding = torch.zeros(n_positions, dim)
-    encoding[:, 0::2] = torch.sin(position * frequency)
-    encoding[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
-    return encoding
+def transformer_option_problems(mp: ModelParams) -> List[str]:
+    """Problems with the transformer options (n_kv_heads, rope, parallel_block, ...), and the options
+    the torch-transformer path (nn.TransformerEncoderLayer) cannot honour. Needs dim % n_heads == 0."""
+    problems = []
+    n_kv = mp.n_kv_heads
+    if n_kv is not None and (isinstance(n_kv, bool) or not isinstance(n_kv, int) or n_kv < 1 or mp.n_heads % n_kv):
+        problems.append(f"n_kv_heads must be a positive divisor of n_heads ({mp.n_heads}) or None (= n_heads), "
+                        f"got {n_kv!r}")
+    if mp.positional_encoding == "rope":
+        n_rotary = rotary_dims(mp)
+        if not 0 < mp.rotary_frac <= 1 or n_rotary < 2 or n_rotary % 2:
+            problems.append(f"rotary_frac ({mp.rotary_frac}) must be in (0, 1] and rotate an even number >= 2 of "
+                            f"each head's {mp.dim // mp.n_heads} dims (int(head_dim * rotary_frac) = {n_rotary})")
+        if not mp.rope_base > 0:
+            problems.append(f"rope_base must be positive, got {mp.rope_base}")
+    if mp.parallel_block and not mp.norm_first:
+        problems.append("parallel_block=True needs norm_first=True (attention and feed-forward both read the "
+                        "normed block input, as GPT-J / GPT-NeoX); a post-LN parallel block is not defined")
+    if mp.layer_architecture == "torch-transformer":
+        torch_cannot = [("positional_encoding", mp.positional_encoding, mp.positional_encoding in ("rope", "alibi")),
+                        ("norm", mp.norm, mp.norm != "layernorm"),
+                        ("activation", mp.activation, mp.activation in ("swiglu", "geglu")),
+                        ("n_kv_heads", mp.n_kv_heads, mp.n_kv_heads not in (None, mp.n_heads)),
+                        ("qk_norm", mp.qk_norm, mp.qk_norm),
+                        ("parallel_block", mp.parallel_block, mp.parallel_block)]
+        for field, value, unsupported in torch_cannot:
+            if unsupported:
+                problems.append(f"{field}={value!r} is not supported by layer_architecture='torch-transformer' "
+                                f"(PyTorch's nn.TransformerEncoderLayer cannot do it): use "
+                                f"layer_architecture='custom-transformer', which supports it")
+    return problems

@@ -3,7 +3,8 @@
 Shell examples (`python3 main.py ...`) run with a few `--set` overrides that shrink training to
 a few steps, in a temporary save dir. The Python examples run in order as one script, with two
 substitutions a test needs: the example timestamp becomes the run the `--save` example just
-saved, and `get_gpt2()` (a hub download) loads a small random GPT-2 saved to a temp folder.
+saved, `get_gpt2()` and `get_pretrained("hub name")` (hub downloads) load small random checkpoints
+saved to temp folders, and `../exported/` becomes a temp folder.
 Recipes (the Customising section) are tested in test_recipes.py.
 """
 import os
@@ -81,12 +82,27 @@ def small_gpt2(tmp_path_factory):
     return folder
 
 
-def test_python_examples(env, saved_timestamp, small_gpt2, tmp_path):
+@pytest.fixture(scope="module")
+def pretrained_checkpoints(tmp_path_factory, small_gpt2):
+    """The hub names README's get_pretrained examples load -> small random checkpoints of their family
+    (tests/pretrained_helpers.py), each with its tokenizer."""
+    from pretrained_helpers import save_tokenizer
+    folder = tmp_path_factory.mktemp("gpt2-with-tokenizer")
+    for f in small_gpt2.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    save_tokenizer(folder)
+    return {"gpt2": folder}
+
+
+def test_python_examples(env, saved_timestamp, small_gpt2, pretrained_checkpoints, tmp_path):
     tokenizer_folder = Path(os.environ["LM_DATA_PATH"]) / "gpt2-tokenizer"
     script = "\n\n".join(block.code for block in python_examples())
     assert "get_gpt2()" in script
     script = script.replace(EXAMPLE_TIMESTAMP, saved_timestamp)
     script = script.replace("get_gpt2()", f"get_gpt2({str(small_gpt2)!r}, tokenizer_path={str(tokenizer_folder)!r})")
+    for hub_name, folder in pretrained_checkpoints.items():  # hub downloads -> small random local checkpoints
+        script = script.replace(f'get_pretrained("{hub_name}")', f"get_pretrained({str(folder)!r})")
+    script = script.replace("../exported/", f"{tmp_path}/exported/")
     prelude = ("import model_explorer, pathlib\n"
                f"model_explorer.METRICS_DIR = pathlib.Path({str(tmp_path / 'metrics')!r})\n"
                f"model_explorer.ATTENTIONS_DIR = pathlib.Path({str(tmp_path / 'attentions')!r})\n")

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.model_params import ModelParams
+from model.transformer.feedforward import ff_width
 from model.transformer.kv_cache import LayerKVCache
-from model.transformer.transformerencoderlayer import ff_width
+from model.transformer.masks import hidden_keys
 
 
 class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
@@ -68,9 +69,12 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         q, k, v = (t.view(batch, seq, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
         k, v = kv_cache.append(k, v)
         n_keys = k.shape[2]
-        # one new token sees every key; a fresh cache is plain causal; otherwise a bottom-right causal mask
-        mask = None if seq == 1 or seq == n_keys else ~causal_mask(n_keys, x.device)[-seq:]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(seq == n_keys > 1),
+        # causal (bottom-right aligned: the new tokens come after the cached ones), and with the cache's
+        # pad_left never a left-padding key; a fresh cache without padding is plain causal
+        plain_causal = seq == n_keys > 1 and kv_cache.pad_left is None
+        hidden = None if plain_causal else hidden_keys(seq, n_keys, kv_cache.pad_left, x.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hidden is None else ~hidden,
+                                             is_causal=plain_causal,
                                              dropout_p=attn.dropout if self.training else 0.0)
         return attn.out_proj(out.transpose(1, 2).reshape(batch, seq, dim)), None
 

@@ -1,4 +1,4 @@
-"""The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final LayerNorm.
+"""The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final norm.
 
 `ModelParams.layer_architecture` picks the block:
   "torch-transformer"  -> TorchTransformerEncoderLayer (torch_layer.py): PyTorch's fused layer, fast;
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from model.model_params import ModelParams
 from model.transformer.kv_cache import KVCache
+from model.transformer.norms import make_norm
 from model.transformer.torch_layer import TorchTransformerEncoderLayer
 from model.transformer.transformerencoderlayer import TransformerEncoderLayer
 
@@ -39,7 +40,7 @@ class Transformer(nn.Module):
 
         self.layers = nn.ModuleList([make_layer() for _ in range(self.model_params.n_layers)])
         mp = self.model_params
-        self.final_norm = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias) if mp.final_norm else None
+        self.final_norm = make_norm(mp.dim, mp) if mp.final_norm else None
 
     @property
     def n_blocks(self) -> int:

@@ -6,6 +6,11 @@ self_attn.out_proj, linear1, linear2, norm1, norm2), so weights trained on the f
 
     norm_first (pre-LN, GPT-2):  x = x + _sa_block(norm1(x));  x = x + _ff_block(norm2(x))
     post-LN (original):          x = norm1(x + _sa_block(x));  x = norm2(x + _ff_block(x))
+    parallel_block (GPT-J/NeoX): x = x + _sa_block(norm1(x)) + _ff_block(norm2(x))
+
+ModelParams options and where they act: norm (norms.py: norm1, norm2, q/k norms), activation
+(feedforward.py; swiglu/geglu add the `gate` projection used in _ff_block), n_kv_heads, qk_norm,
+rope, alibi (in the attention function, torch_f_multi_head_attention_forward.py).
 
 Edit points: `_sa_block` (attention sublayer), `_ff_block` (feed-forward sublayer; its last
 line returns the sublayer's output), and the attention function itself in
@@ -17,40 +22,31 @@ import torch
 from torch import Tensor, nn
 
 from model.model_params import ModelParams
+from model.transformer.feedforward import ACTIVATIONS, ff_width, is_gated, make_activation  # noqa: F401 (re-exported)
 from model.transformer.kv_cache import LayerKVCache
+from model.transformer.norms import make_norm
 from model.transformer.torch_f_multi_head_attention_forward import multi_head_attention_forward
-
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
-
-
-def make_activation(name: str) -> nn.Module:
-    """The feed-forward activation by ModelParams.activation name."""
-    if name == "relu":
-        return nn.ReLU()
-    if name == "gelu":
-        return nn.GELU()
-    if name == "gelu_tanh":  # GPT-2's tanh approximation of GELU
-        return nn.GELU(approximate="tanh")
-    raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
-
-
-def ff_width(model_params: ModelParams) -> int:
-    """Feed-forward hidden width: ModelParams.dim_ff, or 4 * dim when it is None."""
-    return model_params.dim_ff if model_params.dim_ff is not None else 4 * model_params.dim
 
 
 class SelfAttention(nn.Module):
-    """Holds the attention weights (named as in nn.MultiheadAttention) and calls our attention function."""
+    """Holds the attention weights (named as in nn.MultiheadAttention) and calls our attention function.
+    in_proj_weight: [(n_heads + 2 * n_kv_heads) * head_dim, dim], rows q, then k, then v."""
 
     def __init__(self, model_params: ModelParams):
         super().__init__()
-        dim, bias = model_params.dim, model_params.bias
-        self.model_params = model_params
-        self.n_heads = model_params.n_heads
-        self.dropout = model_params.dropout  # on the attention weights
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))  # q, k, v projections stacked
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        mp = self.model_params = model_params
+        dim, bias = mp.dim, mp.bias
+        self.n_heads = mp.n_heads
+        head_dim = dim // mp.n_heads
+        n_kv_heads = mp.n_kv_heads or mp.n_heads
+        self.dropout = mp.dropout  # on the attention weights
+        qkv_size = (mp.n_heads + 2 * n_kv_heads) * head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty(qkv_size, dim))  # q, k, v projections stacked
+        self.in_proj_bias = nn.Parameter(torch.zeros(qkv_size)) if bias else None
         self.out_proj = nn.Linear(dim, dim, bias=bias)
+        # qk_norm: one norm over head_dim for the queries, one for the keys, shared by the heads
+        self.q_norm = make_norm(head_dim, mp) if mp.qk_norm else None
+        self.k_norm = make_norm(head_dim, mp) if mp.qk_norm else None
         nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention (LM.init_weights re-initialises)
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
@@ -59,7 +55,7 @@ class SelfAttention(nn.Module):
             x, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
             n_heads=self.n_heads, dropout_p=self.dropout, training=self.training,
             model_params=self.model_params, attn_requests=attn_requests, kv_cache=kv_cache,
-            need_weights=need_weights)
+            need_weights=need_weights, q_norm=self.q_norm, k_norm=self.k_norm)
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -70,10 +66,11 @@ class TransformerEncoderLayer(nn.Module):
         mp = self.model_params = model_params
         # registered in nn.TransformerEncoderLayer's order, so both paths draw the same initial weights
         self.self_attn = SelfAttention(mp)
-        self.linear1 = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias)
+        self.linear1 = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias)  # the "up" projection when gated
         self.linear2 = nn.Linear(ff_width(mp), mp.dim, bias=mp.bias)
-        self.norm1 = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias)
-        self.norm2 = nn.LayerNorm(mp.dim, eps=mp.layer_norm_eps, bias=mp.bias)
+        self.norm1 = make_norm(mp.dim, mp)
+        self.norm2 = make_norm(mp.dim, mp)
+        self.gate = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias) if is_gated(mp) else None  # swiglu / geglu
         self.activation = make_activation(mp.activation)
         self.dropout_sa = nn.Dropout(mp.dropout)  # on the attention sublayer's output
         self.dropout_act = nn.Dropout(mp.dropout)  # inside the feed-forward, after the activation
@@ -82,15 +79,22 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
-        if self.model_params.norm_first:
-            attn_out, weights = self._sa_block(self.norm1(x), attn_requests, kv_cache, need_weights)
-            x = x + attn_out
-            x = x + self._ff_block(self.norm2(x))
+        resid_pre = x
+        if self.model_params.parallel_block:  # both sublayers read the block's input (GPT-J, GPT-NeoX, Pythia)
+            attn_out, weights = self._sa_block(self.norm1(resid_pre), attn_requests, kv_cache, need_weights)
+            mlp_out = self._ff_block(self.norm2(resid_pre))
+            resid_post = resid_pre + attn_out + mlp_out
+        elif self.model_params.norm_first:
+            attn_out, weights = self._sa_block(self.norm1(resid_pre), attn_requests, kv_cache, need_weights)
+            resid_mid = resid_pre + attn_out
+            mlp_out = self._ff_block(self.norm2(resid_mid))
+            resid_post = resid_mid + mlp_out
         else:
-            attn_out, weights = self._sa_block(x, attn_requests, kv_cache, need_weights)
-            x = self.norm1(x + attn_out)
-            x = self.norm2(x + self._ff_block(x))
-        return x, weights
+            attn_out, weights = self._sa_block(resid_pre, attn_requests, kv_cache, need_weights)
+            resid_mid = self.norm1(resid_pre + attn_out)
+            mlp_out = self._ff_block(resid_mid)
+            resid_post = self.norm2(resid_mid + mlp_out)
+        return resid_post, weights
 
     def _sa_block(self, x: Tensor, attn_requests: Any, kv_cache: Optional[LayerKVCache],
                   need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
@@ -98,5 +102,9 @@ class TransformerEncoderLayer(nn.Module):
         return self.dropout_sa(x), weights
 
     def _ff_block(self, x: Tensor) -> Tensor:
-        x = self.linear2(self.dropout_act(self.activation(self.linear1(x))))
+        if self.gate is not None:  # swiglu / geglu: the activated gate scales the up projection
+            hidden = self.activation(self.gate(x)) * self.linear1(x)
+        else:
+            hidden = self.activation(self.linear1(x))
+        x = self.linear2(self.dropout_act(hidden))
         return self.dropout_ff(x)

@@ -1,0 +1,9 @@
+"""The transformers model families pretrained.py converts (one module and mapping table each).
+FAMILY_LIST order is also the order in which export_hf tries the export targets."""
+from typing import Dict, List
+
+from hf_families.family import Family
+from hf_families.gpt2 import GPT2
+
+FAMILY_LIST: List[Family] = [GPT2]
+FAMILIES: Dict[str, Family] = {model_type: f for f in FAMILY_LIST for model_type in f.model_types}
