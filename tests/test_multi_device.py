@@ -130,3 +130,20 @@ def test_a_faked_two_task_slurm_job_trains_as_one_ddp_run(tmp_path):
     assert reports[0]["samples"] == 6 * 32
     assert "saved to" in outputs[0] and "saved to" not in outputs[1]
     assert len([p for p in (tmp_path / "saved").glob("slurm-test/sort/*/*") if p.is_dir()]) == 1
+
+
+def test_device_settings_are_checked_with_clear_errors():
+    from train.devices import device_setup
+    from train.train_params import TrainParams
+    setup = device_setup(TrainParams(devices=2), cuda=False)
+    assert (setup.accelerator, setup.devices, setup.world_size) == ("cpu", 2, 2)
+    assert type(setup.strategy).__name__ == "DDPStrategy"  # "auto" on several devices
+    assert device_setup(TrainParams(), cuda=False).strategy == "auto" and device_setup(TrainParams(), cuda=False).world_size == 1
+    with pytest.raises(ValueError, match=r"fsdp.*needs them; on the CPU use strategy=\"ddp\""):
+        device_setup(TrainParams(devices=2, strategy="fsdp"), cuda=False)
+    with pytest.raises(ValueError, match="choose one of auto, ddp, fsdp"):
+        device_setup(TrainParams(strategy="deepspeed"), cuda=False)
+    with pytest.raises(ValueError, match="lists of device numbers name GPUs"):
+        device_setup(TrainParams(devices=[0, 1]), cuda=False)
+    with pytest.raises(ValueError, match="num_nodes must be a whole number >= 1"):
+        device_setup(TrainParams(num_nodes=0), cuda=False)
