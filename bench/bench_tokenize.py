@@ -6,13 +6,12 @@ Writes a corpus of about `--tokens` words (a Zipf-distributed 5,000-word vocabul
 words) as {tmp}/bigcorpus/train.txt + valid.txt, then in this process builds `LMDataModule` on it
 twice: the first build trains the tokenizer and tokenizes (streamed into the memory-mapped token
 cache), the second finds both in the cache. Prints the time of each build, tokens/s of the first,
-and the peak RSS (ru_maxrss) above the RSS before the first build. tests/test_data_memmap.py runs it
+and the peak RSS (VmHWM, reset before the build) above the RSS before the first build. tests/test_data_memmap.py runs it
 on a small corpus to bound the memory.
 """
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -56,12 +55,19 @@ def write_corpus_in_child(folder: Path, n_tokens: int) -> int:
     return sum(len(line.split()) for name in ("train.txt", "valid.txt") for line in open(folder / name))
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Start the peak (VmHWM) again from the current RSS, so it measures what follows only."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def main() -> None:
@@ -80,11 +86,12 @@ def main() -> None:
         os.environ["LM_CACHE_DIR"] = str(tmp / "cache")
         params = DataParams(dataset_name="bigcorpus", tokenizer=args.tokenizer, sample_mode="stream",
                             max_seq_len=256, vocab_size=8192)
+        reset_peak_rss()
         base_mb = rss_mb()
         start = time.perf_counter()
         dm = LMDataModule(params, batch_size=32, data_path=tmp)
         first_s = time.perf_counter() - start
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = rss_mb("VmHWM")
         n_tokens = int((dm.datasets["train"].lengths - 1).sum() + (dm.datasets["val:main"].lengths - 1).sum())
         batch = next(iter(dm.train_dataloader()))
         start = time.perf_counter()
