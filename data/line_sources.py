@@ -90,12 +90,3 @@ def lines_fingerprint(lines: Iterable[str]) -> str:
     h.update("\n".join(lines).encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
-
-def first_lines(lines: Iterable[str], n: int) -> List[str]:
-    """The first n lines of a list or a lazy source (for checks that need only a look)."""
-    out = []
-    for line in lines:
-        if len(out) >= n:
-            break
-        out.append(line)
-    return out

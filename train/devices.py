@@ -134,7 +134,10 @@ class ShardedSampler(Sampler):
         return len(range(rank, self.n_samples, world))
 
 
-def sharded(loader: DataLoader) -> DataLoader:
-    """The same evaluation loader with each rank reading its own share of the samples."""
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=ShardedSampler(len(loader.dataset)),
+def sharded(loader: DataLoader, max_batches: Optional[int] = None) -> DataLoader:
+    """The same evaluation loader with each rank reading its own share of the samples; with
+    `max_batches` (TrainParams.limit_val_batches), a share of the samples of the first max_batches
+    batches, the ones a single process would evaluate."""
+    dataset = loader.dataset.head(max_batches * loader.batch_size) if max_batches else loader.dataset
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=ShardedSampler(len(dataset)),
                       collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -64,7 +64,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     train_loader = ResumableTrainLoader(dm.train_dataloader(), seed=tp.seed, world_size=setup.world_size)
     val_loaders = dm.val_dataloader()
     if setup.world_size > 1:  # each rank evaluates its own share of every set
-        val_loaders = [sharded(loader) for loader in val_loaders]
+        val_loaders = [sharded(loader, tp.limit_val_batches) for loader in val_loaders]
     ctrl_c = CtrlCStop()
     full_weights = FullWeights()
     all_callbacks: List[Callback] = [*callbacks, train_loader, ctrl_c, full_weights]
@@ -162,7 +162,9 @@ def make_trainer(tp: TrainParams, setup: Union[DeviceSetup, torch.device], n_tra
         accumulate_grad_batches=tp.accumulate_grad_batches,
         precision=tp.precision,
         val_check_interval=val_every,
-        limit_val_batches=tp.limit_val_batches if tp.limit_val_batches is not None else 1.0,
+        # several processes: the sharded loaders already hold the first limit_val_batches batches' samples
+        limit_val_batches=(tp.limit_val_batches if tp.limit_val_batches is not None
+                           and (setup.world_size == 1 or tp.limit_val_batches == 0) else 1.0),
         num_sanity_val_steps=0,
         deterministic=device.type == "cpu",
         logger=logger if logger is not None else False,
