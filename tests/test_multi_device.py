@@ -90,6 +90,11 @@ def test_ddp_gives_the_loss_curve_of_one_process_with_twice_the_batch(ddp_run, t
     single = run_training(Namer(ddp.params["data_params"], ddp.params["model_params"], tp, args))
     for name in ("stat/train_loss", "stat/val_loss:main", "stat/lr", "stat/test_loss"):
         a, b = ddp.train_stats[name], single["train_stats"][name]
+        if name == "stat/val_loss:main":
+            # the validation at step 20, where the first DDP run stopped, ran after its checkpoint was
+            # written, so the resumed run's train_stats lack it (as on one device)
+            assert [e[0] for e in a] == [10, 30] and [e[0] for e in b] == [10, 20, 30]
+            b = [e for e in b if e[0] != 20]
         assert [e[:2] for e in a] == [e[:2] for e in b], name  # the same steps and global sample counts
         tolerance = 0 if name == "stat/lr" else 2e-4
         assert [e[3] for e in a] == pytest.approx([e[3] for e in b], abs=tolerance), name
