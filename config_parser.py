@@ -273,7 +273,7 @@ def parse_config_file(path: Path, sections: Mapping[str, type] = SECTIONS) -> Li
     seen: Dict[Tuple[str, str], str] = {}
     section: Optional[str] = None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark (some Windows editors) is skipped
     except UnicodeDecodeError as e:
         raise ConfigError(f"{shown}: not a UTF-8 text file ({e}).") from e
     for line_no, raw in enumerate(text.splitlines(), start=1):

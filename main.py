@@ -2,11 +2,13 @@
 
     --config=NAME     configs/NAME.txt and every configs/NAME-*.txt, each expanded into its sweep
     --set KEY=VALUE   override any field (`lr=3e-4`, `ModelParams.max_seq_len=128`; a list sweeps)
-    --dry-run         print the runs this would start, one line each, and exit
+    --dry-run         print the runs this would start, one line each, check all of them, and exit
     --list-params     every field of DataParams, ModelParams, TrainParams with its default and description
 
-Argument parsing imports nothing heavy (no torch/lightning), so `--help`, `--dry-run` and config
-errors answer at once; training code is imported inside `run_all`.
+Argument parsing imports nothing heavy (no torch/lightning), so `--help` and config errors answer at
+once; the checks of every run before training (also with `--dry-run`) import torch for the model
+checks, and training code is imported inside `run_all`. Exit status: 0 when every run trained well,
+2 for bad input, 1 when a run diverged or failed otherwise, 130 / 143 after Ctrl-C / SIGTERM.
 """
 import argparse
 import copy
@@ -48,6 +50,7 @@ class Namer:
         self.config_name: str = config_name or Path(str(getattr(args, "config", None) or "no-config")).stem
         self.timestamp: str = self._new_timestamp()
         self._save_folder: Optional[str] = None
+        self._claimed = False  # claim_save_folder has created this run's {folder}.partial
 
     def wandb_proj_name(self) -> str:
         return (getattr(self.args, "wandb_proj_name", None)
@@ -63,7 +66,8 @@ class Namer:
     def save_folder_name(self) -> str:
         """`{save_dir}/{config}/{task}/{run name or "default"}/{timestamp}`. Decided on the first call.
         Timestamps identify runs (model_explorer loads by timestamp), so if a run under the save dir
-        already has this one, it gets a -1, -2, ... suffix (self.timestamp changes with it)."""
+        already has this one, it gets a -1, -2, ... suffix (self.timestamp changes with it). A run that
+        saves makes the name its own with claim_save_folder(), which may move to the next suffix."""
         if self._save_folder is None:
             save_dir = Path(getattr(self.args, "save_dir", None) or DEFAULT_SAVE_DIR)
             if self._timestamp_on_disk(save_dir, self.timestamp):
@@ -74,6 +78,21 @@ class Namer:
             folder = save_dir / safe_name(self.config_name) / task / run_folder / self.timestamp
             self._save_folder = str(folder)
         return self._save_folder
+
+    def claim_save_folder(self) -> str:
+        """Claim the save folder when the run starts: create `{folder}.partial` exclusively (atomic), so
+        that of several runs started in the same second, even in different processes, each keeps its
+        own folder; while the name is taken, the next -1, -2, ... suffix. Returns the folder."""
+        from train.save_dir import claim  # light: os and pathlib only
+
+        if self._claimed:
+            return self.save_folder_name()
+        save_dir = Path(getattr(self.args, "save_dir", None) or DEFAULT_SAVE_DIR)
+        while not claim(self.save_folder_name()):
+            self._save_folder = None
+            self.timestamp = self._claim_timestamp(self.timestamp[:len("2024-04-22--16-17-00")], save_dir)
+        self._claimed = True
+        return self.save_folder_name()
 
     @classmethod
     def _new_timestamp(cls) -> str:
@@ -91,7 +110,7 @@ class Namer:
 
     @staticmethod
     def _timestamp_on_disk(save_dir: Path, timestamp: str) -> bool:
-        return any(save_dir.glob(f"*/*/*/{timestamp}"))
+        return any(save_dir.glob(f"*/*/*/{timestamp}")) or any(save_dir.glob(f"*/*/*/{timestamp}.partial"))
 
 
 def name_from_varying(varying: Dict[str, Any]) -> Optional[str]:
@@ -159,7 +178,10 @@ def describe_run(run: RunSpec) -> str:
 
 
 def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Train every run in order (or, with --dry-run, print them); returns run_training's results."""
+    """Check every run, then train them in order (or, with --dry-run, print them); returns run_training's
+    results (a failed run's: {"error": message}). A run that fails does not stop the others; at the end
+    the exit status is non-zero if any failed or diverged: 2 for bad input, 1 otherwise, and 130 / 143
+    when Ctrl-C / SIGTERM stopped the sweep."""
     # Ablations for --ablate: (name, function editing a run's DataParams, ModelParams, TrainParams
     # in place). Every run is followed by one extra run per ablation. Add yours to this list.
     ablations: List[Tuple[str, Callable]] = [
@@ -170,7 +192,9 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
 
     if args.dry_run:
         for i, run in enumerate(runs, start=1):
-            print(f"[{i}/{len(runs)}] {describe_run(run)}")
+            print(f"[{i}/{len(runs)}] {describe_run(run)}", flush=True)
+    check_runs(runs, args)  # exits 2 listing every bad run
+    if args.dry_run:
         return []
 
     if args.parallel or args.slurm:  # each run in its own process or job: train/launch.py
@@ -181,25 +205,62 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
 
     from train.run import run_training  # heavy (torch, lightning): imported only when training
 
-    results = []
+    results: List[Dict[str, Any]] = []
+    exit_code = 0
     for i, run in enumerate(runs, start=1):
         print(f"=== run {i}/{len(runs)}: {describe_run(run)}", flush=True)
         namer = Namer(run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"], args,
                       varying=run.varying, config_name=run.config_name)
         try:
-            results.append(run_training(namer))
+            result = run_training(namer)
         except (ValueError, FileNotFoundError) as error:  # bad input found while setting up: data, params
             if os.environ.get("LM_TRACEBACK"):
                 raise
             print(f"error: {error}\n({where_raised(error)}; set LM_TRACEBACK=1 for the full traceback)",
-                  file=sys.stderr)
-            sys.exit(2)
-        if results[-1].get("interrupted"):
-            print(f"stopped by Ctrl-C: the remaining {len(runs) - i} run(s) were not started", flush=True)
+                  file=sys.stderr, flush=True)
+            result, exit_code = {"error": str(error)}, max(exit_code, 2)
+        except Exception as error:  # anything else: the other runs of the sweep still run
+            if os.environ.get("LM_TRACEBACK"):
+                raise
+            print(f"error: run {i} failed: {type(error).__name__}: {error}\n({where_raised(error)}; set "
+                  f"LM_TRACEBACK=1 for the full traceback)", file=sys.stderr, flush=True)
+            result, exit_code = {"error": f"{type(error).__name__}: {error}"}, max(exit_code, 1)
+        results.append(result)
+        if result.get("diverged") or result.get("save_error"):
+            exit_code = max(exit_code, 1)
+        if result.get("interrupted"):
+            exit_code = 143 if result.get("signal") == "SIGTERM" else 130
+            if i < len(runs):
+                print(f"stopped by {result.get('signal') or 'Ctrl-C'}: the remaining {len(runs) - i} run(s) were "
+                      "not started", flush=True)
             break
     if len(runs) > 1:
         print_summary(runs, results)
+    if exit_code:
+        sys.exit(exit_code)
     return results
+
+
+def check_runs(runs: Sequence[RunSpec], args: argparse.Namespace) -> None:
+    """Exit 2 listing every run with bad params (train/run_checks.py) and an unusable --save-dir,
+    before anything trains."""
+    from train.run_checks import run_problems
+    from train.save_dir import check_save_dir
+
+    bad = []
+    for i, run in enumerate(runs, start=1):
+        problems = run_problems(run.params, getattr(args, "data_path", None))
+        if problems:
+            listed = "\n  ".join(problem.replace("\n", "\n  ") for problem in problems)
+            bad.append(f"run {i}/{len(runs)} ({describe_run(run)}):\n  {listed}")
+    if getattr(args, "save", False):
+        try:
+            check_save_dir(args.save_dir)
+        except ValueError as error:
+            bad.append(f"--save-dir: {error}")
+    if bad:
+        print("error: " + "\n".join(bad) + f"\nNothing was trained ({len(runs)} run(s) checked).", file=sys.stderr)
+        sys.exit(2)
 
 
 def where_raised(error: BaseException) -> str:
@@ -215,11 +276,30 @@ def where_raised(error: BaseException) -> str:
 
 
 def print_summary(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) -> None:
+    """One line per run: its final losses, or why it failed; runs not started (after a Ctrl-C) are left out."""
     print("\n=== summary")
-    for run, result in zip(runs, results):  # results may be shorter than runs after a Ctrl-C
+    for i, (run, result) in enumerate(zip(runs, results), start=1):
         losses = "  ".join(f"{k}={result[k]:.4f}" for k in ("val_loss", "test_loss")
                            if isinstance(result, dict) and isinstance(result.get(k), (int, float)))
-        print(f"{losses}  {describe_run(run)}")
+        status = run_status(result)
+        print(f"{losses}  {describe_run(run)}" + (f"\n    run {i} {status}" if status else ""))
+    failed = [i for i, result in enumerate(results, start=1) if run_status(result)]
+    if failed:
+        print(f"{len(failed)} of {len(runs)} run(s) did not finish well: run(s) {', '.join(map(str, failed))}")
+
+
+def run_status(result: Dict[str, Any]) -> str:
+    """"" for a run that trained and saved normally, else what went wrong (failed, diverged, ...)."""
+    if "error" in result:
+        return "FAILED: " + result["error"].splitlines()[0]
+    notes = []
+    if result.get("diverged"):
+        notes.append("DIVERGED (loss not finite)")
+    if result.get("interrupted"):
+        notes.append(f"interrupted by {result.get('signal') or 'Ctrl-C'}")
+    if result.get("save_error"):
+        notes.append("NOT SAVED where asked: " + result["save_error"])
+    return "; ".join(notes)
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -309,8 +389,12 @@ def export_run(run: str, out_folder: str, save_dir: Optional[str] = None) -> Non
 
 
 def check_paths(args: argparse.Namespace) -> None:
+    if args.task is not None and not args.task.strip():
+        raise ConfigError("--task is empty: give a task name, e.g. --task=ptb or --task=sort.")
     for flag, path in (("--resume", args.resume), ("--data-path", args.data_path)):
-        if path is not None and not Path(path).exists():
+        # --resume also takes the folder "saving to ..." printed while that run is still {folder}.partial
+        building = flag == "--resume" and Path(f"{path}.partial").is_dir()
+        if path is not None and not Path(path).exists() and not building:
             raise ConfigError(f"{flag}={path}: no such file or folder.")
 
 

@@ -25,7 +25,7 @@ from data.dataloader import LMDataModule
 from main import DEFAULT_SAVE_DIR
 from model.eval_mode import evaluating
 from model.lm import LM
-from train.run_folder import FILES, load_run, read_final, read_train_stats
+from train.run_folder import FILES, file_sha256, load_run, read_final, read_train_stats, run_folder_problem
 from train.train_stats import TrainStats
 
 REPO = Path(__file__).resolve().parent
@@ -44,13 +44,15 @@ def save_root(save_dir: Optional[PathLike] = None) -> Path:
     return Path(save_dir or os.environ.get("LM_SAVE_DIR") or DEFAULT_SAVE_DIR).expanduser()
 
 
-def run_folders(save_dir: Optional[PathLike] = None) -> List[Path]:
-    """Every complete run folder under the save root (folders still being written are skipped)."""
+def run_folders(save_dir: Optional[PathLike] = None, complete: bool = True) -> List[Path]:
+    """Every run folder under the save root (folders still being written, `.partial`, are skipped);
+    with complete=False also those that lack some of their files (damaged)."""
     root = save_root(save_dir)
     if not root.is_dir():
         return []
-    return sorted(p.parent for p in root.rglob("final.json")
-                  if not p.parent.name.endswith(".partial") and all((p.parent / f).is_file() for f in FILES))
+    found = {p.parent for name in ("final.json", "params.json") for p in root.rglob(name)}
+    return sorted(f for f in found
+                  if not f.name.endswith(".partial") and (not complete or all((f / name).is_file() for name in FILES)))
 
 
 def find_run_folder(timestamp: str, save_dir: Optional[PathLike] = None) -> Path:
@@ -110,16 +112,18 @@ def get_model_by_timestamp(timestamp: str, save_dir: Optional[PathLike] = None, 
 
 def list_runs(save_dir: Optional[PathLike] = None, show: bool = True) -> List[Dict[str, Any]]:
     """The saved runs, oldest first, as rows {timestamp, config, task, run_name, val_loss, interrupted,
-    folder}; `show` prints them as a table."""
+    diverged, damaged, folder}; `show` prints them as a table. `diverged`: the loss stopped being finite;
+    `damaged`: None, or why the folder cannot be loaded (a missing, truncated or corrupt file)."""
     root = save_root(save_dir)
     rows = []
-    for folder in run_folders(root):
-        final = read_final(folder)
+    for folder in run_folders(root, complete=False):
+        damaged = run_folder_problem(folder)
+        final = {} if damaged else read_final(folder)
         where = folder.relative_to(root).parts[:-1]  # (config, task, run name) as main.Namer lays them out
         config, task, run_name = where if len(where) == 3 else ("/".join(where), "?", "?")
         rows.append({"timestamp": folder.name, "config": config, "task": task, "run_name": run_name,
                      "val_loss": final.get("val_loss"), "interrupted": bool(final.get("interrupted")),
-                     "folder": str(folder)})
+                     "diverged": bool(final.get("diverged")), "damaged": damaged, "folder": str(folder)})
     rows.sort(key=lambda r: r["timestamp"])
     if show:
         print(format_runs(rows))
@@ -132,7 +136,11 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
     cols = ["timestamp", "config", "task", "run_name", "val_loss"]
     cells = [cols] + [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
     for row, r in zip(cells[1:], rows):
+        if r.get("damaged"):
+            row[-1] = f"DAMAGED, cannot load: {r['damaged']}"
+            continue
         row[-1] += " (interrupted)" if r["interrupted"] else ""
+        row[-1] += " (DIVERGED: loss not finite)" if r.get("diverged") else ""
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
 
@@ -144,9 +152,11 @@ class VerificationError(AssertionError):
 
 def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLike] = None,
                        rtol: float = 1e-5, device: str = "cpu") -> Dict[str, Any]:
-    """Load a saved run twice and check: identical parameters; identical eval-mode outputs (two passes
-    of one model, and the two loads); each validation loss recomputed over the whole set (token-weighted
-    mean cross-entropy, as the trainer's final evaluation) equal to final.json's within `rtol`.
+    """Load a saved run twice and check: model.safetensors has the sha256 final.json recorded (the weights
+    were not changed since); finite parameters and outputs (NaN reported as NaN); identical parameters;
+    identical eval-mode outputs (two passes of one model, and the two loads); each validation loss
+    recomputed over the whole set (token-weighted mean cross-entropy, as the trainer's final
+    evaluation) equal to final.json's within `rtol`.
     Prints each check; raises VerificationError on a mismatch. Returns the recomputed losses.
 
     A run trained on CUDA had its final losses measured with TF32 matmuls (train/run.py sets
@@ -154,11 +164,21 @@ def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLik
     folder = Path(timestamp_or_folder)
     if not folder.is_dir():
         folder = find_run_folder(str(timestamp_or_folder), save_dir)
+    print(f"verifying {folder}")
+    saved = read_final(folder)
+    if saved.get("weights_sha256"):  # runs saved before the hash was recorded have none
+        digest = file_sha256(folder / "model.safetensors")
+        _check(digest == saved["weights_sha256"], f"model.safetensors (sha256 {digest[:12]}...) is not the file the "
+               f"run saved (final.json's weights_sha256 {saved['weights_sha256'][:12]}...): the weights were changed")
+        print("ok: model.safetensors has the hash final.json recorded")
     lm1, dataset, _, _ = get_model_by_path(folder, device=device)
     lm2 = load_run(folder, device=device).lm
-    print(f"verifying {folder}")
 
     p1, p2 = dict(lm1.named_parameters()), dict(lm2.named_parameters())
+    diverged = " (final.json: the run diverged)" if saved.get("diverged") else ""
+    nonfinite = [name for name, p in p1.items() if not torch.isfinite(p).all()]
+    _check(not nonfinite, f"the weights hold NaN / inf values, in {len(nonfinite)} of {len(p1)} tensors "
+           f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}){diverged}")
     _check(p1.keys() == p2.keys(), f"the two loads have different parameter names: {sorted(p1.keys() ^ p2.keys())}")
     different = [name for name in p1 if not torch.equal(p1[name], p2[name])]
     _check(not different, f"parameters differ between two loads: {different[:5]}")
@@ -167,11 +187,12 @@ def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLik
     x = next(iter(dataset.val_dataloader()[0]))["x_indices"][:, :-1]  # what the model reads of a batch
     with torch.no_grad():
         a, b, c = lm1(x), lm1(x), lm2(x)
+    bad = int((~torch.isfinite(a)).sum())
+    _check(not bad, f"the outputs hold {bad} NaN / inf values of {a.numel()}{diverged}")
     _check(torch.equal(a, b), "eval-mode outputs differ between two forward passes of one model")
     _check(torch.equal(a, c), "eval-mode outputs differ between the two loads")
     print(f"ok: eval-mode outputs are deterministic (a batch of {x.shape[0]} x {x.shape[1]} tokens)")
 
-    saved = read_final(folder)
     wanted = [(f"val_losses[{name!r}]", name, value) for name, value in (saved.get("val_losses") or {}).items()]
     wanted.append(("val_loss", dataset.val_names[0], saved.get("val_loss")))  # the headline: val:main
     _check(all(value is not None for _, _, value in wanted),

@@ -1,19 +1,25 @@
 """GPT-2 through our LM (gpt2.convert_gpt2) against transformers' GPT2LMHeadModel, same weights.
 
-    .venv/bin/python bench/bench_gpt2.py                      # GPT-2-small-sized random model
+    .venv/bin/python bench/bench_gpt2.py --threads 2                 # GPT-2-small-sized random model
+    .venv/bin/python bench/bench_gpt2.py --threads 2 --small         # a small trained model's size (shakespeare-char)
     .venv/bin/python bench/bench_gpt2.py --n-layer 2 --n-embd 128 --n-head 2   # a quick check
 
 Measures, best of --repeats rounds (every model once per round, in turn) after a warm-up:
   sampling:   tokens/s generating --new-tokens tokens greedily (batch 1) after a short prompt:
               our `lm.sample(temperature=0)` (key/value cache) vs `hf.generate(do_sample=False, use_cache=True)`;
+  beam:       tokens/s of beam search (--beam-size beams, --beam-tokens new tokens): our `lm.beam_search`
+              vs `hf.generate(num_beams=..., do_sample=False, early_stopping=True)`;
+  batched:    tokens/s of greedy samples for --batch-prompts prompts of different lengths (--batch-tokens
+              new tokens each): our `lm.sample(pref=[...])` (one batch) vs the same prompts one by one;
   perplexity: tokens/s scoring a --ppl-batch x --ppl-len batch of random ids:
               our `lm.perplexities` vs HF's forward + cross-entropy.
 Rows for our model run in the custom-transformer path (what get_gpt2 returns) and, unless
 --no-fast-path, in the torch-transformer path (the same weights in PyTorch's fused layer).
-The outputs are checked equal (same greedy tokens, same perplexity), so the speeds compare like with like.
+The outputs are checked equal (same tokens, same perplexity), so the speeds compare like with like.
+Generation runs to its length limit (no stop at eos) on both sides, so both do the same work.
 Weights are random (the hub is not needed); the timing does not depend on them.
-About 2-3 minutes with the defaults on 2 CPU cores. On a machine shared with other jobs pass
---threads 1: there, thread contention slows every model several-fold and swamps the ratios.
+--cpu-time times this process's CPU time instead of wall time: on a machine shared with other
+jobs wall time swings several-fold between identical runs, CPU time much less.
 """
 import argparse
 import math
@@ -41,6 +47,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-positions", type=int, default=1024)
     parser.add_argument("--prompt", default="Well the weather for the whole area will")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--beam-tokens", type=int, default=100, help="tokens to generate by beam search")
+    parser.add_argument("--batch-prompts", type=int, default=16, help="prompts sampled as one batch")
+    parser.add_argument("--batch-tokens", type=int, default=50, help="tokens to generate per batched prompt")
+    parser.add_argument("--small", action="store_true",
+                        help="a small trained model's shape instead: 4 layers, 4 heads, dim 128, 256 positions, "
+                             "a character vocabulary (configs/shakespeare-char.txt's model)")
+    parser.add_argument("--only", default="sampling,beam,batched,perplexity",
+                        help="comma-separated measurements to run (default: %(default)s)")
+    parser.add_argument("--cpu-time", action="store_true", help="time process CPU time instead of wall time")
     parser.add_argument("--ppl-batch", type=int, default=8, help="sequences in the perplexity batch")
     parser.add_argument("--ppl-len", type=int, default=256, help="tokens per sequence in the perplexity batch")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement; the best counts")
@@ -52,8 +68,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def best_times(runs: Dict[str, Callable[[], object]], repeats: int,
-               device: torch.device) -> Dict[str, Tuple[float, object]]:
+def best_times(runs: Dict[str, Callable[[], object]], repeats: int, device: torch.device,
+               clock: Callable[[], float] = time.perf_counter) -> Dict[str, Tuple[float, object]]:
     """name -> (fastest wall time, last result) over `repeats` rounds; each round runs every entry once,
     in turn, so that load from other jobs on a shared machine falls on all of them alike.
     The caller has warmed each run up."""
@@ -62,20 +78,29 @@ def best_times(runs: Dict[str, Callable[[], object]], repeats: int,
         for name, run in runs.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             result = run()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            best[name] = (min(best[name][0], time.perf_counter() - start), result)
+            best[name] = (min(best[name][0], clock() - start), result)
     return best
 
 
-def hf_greedy(hf, context: List[int], new_tokens: int, eos: int) -> List[int]:
-    """transformers' greedy continuation of `context` (bos + prompt), without the eos it may stop at."""
+def hf_greedy(hf, context: List[int], new_tokens: int, pad: int) -> List[int]:
+    """transformers' greedy continuation of `context` (bos + prompt). The explicit attention mask keeps
+    generate from masking the bos as padding (bos == pad, and eos is off)."""
     x = torch.tensor([context], device=hf.device)
-    out = hf.generate(x, do_sample=False, max_new_tokens=new_tokens, pad_token_id=eos, use_cache=True)
-    new = out[0, len(context):].tolist()
-    return new[:new.index(eos)] if eos in new else new
+    out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=new_tokens,
+                      pad_token_id=pad, use_cache=True)
+    return out[0, len(context):].tolist()
+
+
+def hf_beam(hf, context: List[int], new_tokens: int, beam_size: int, pad: int) -> List[int]:
+    """transformers' best beam-search continuation of `context` (bos + prompt)."""
+    x = torch.tensor([context], device=hf.device)
+    out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, num_beams=beam_size, early_stopping=True,
+                      max_new_tokens=new_tokens, pad_token_id=pad, use_cache=True)
+    return out[0, len(context):].tolist()
 
 
 def hf_perplexity(hf, x: torch.Tensor) -> float:
@@ -86,86 +111,144 @@ def hf_perplexity(hf, x: torch.Tensor) -> float:
     return math.exp(ce.item())
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
+BATCH_TEXTS = ["Well the weather for the whole area will", "The", "In the beginning", "A quick brown fox jumps",
+               "She said that", "It was the best of times, it was the worst of times", "Why", "Once upon a time there",
+               "The results of the study show", "We", "Scientists have found", "And then", "Tomorrow the market",
+               "He opened the door and saw", "One", "Prices rose sharply in the last quarter of"]
 
-    tokenizer_folder = Path(args.tokenizer) if args.tokenizer else (find_data_path() or Path("?")) / "gpt2-tokenizer"
-    if not tokenizer_folder.is_dir():
-        sys.exit(f"no GPT-2 tokenizer at {tokenizer_folder}: set LM_DATA_PATH or pass --tokenizer FOLDER")
-    tokenizer = Tokenizer.gpt2(str(tokenizer_folder))
+
+def build_models(args: argparse.Namespace, device: torch.device):
+    """(transformers' GPT2LMHeadModel, {row name: our LM}, tokenizer), the same random weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if args.small:
+        data = find_data_path()
+        text = (data / "tinyshakespeare" / "input.txt").read_text()[:200_000] if data else BATCH_TEXTS[0]
+        tokenizer = Tokenizer.train("char", [text + "".join(BATCH_TEXTS)])
+        shape = dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=tokenizer.vocab_size)
+    else:
+        tokenizer_folder = Path(args.tokenizer) if args.tokenizer else (find_data_path() or Path("?")) / "gpt2-tokenizer"
+        if not tokenizer_folder.is_dir():
+            sys.exit(f"no GPT-2 tokenizer at {tokenizer_folder}: set LM_DATA_PATH or pass --tokenizer FOLDER")
+        tokenizer = Tokenizer.gpt2(str(tokenizer_folder))
+        shape = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.n_positions)
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.n_positions)
-    hf = GPT2LMHeadModel(config).eval()
+    # wider than GPT-2's init (0.02): far from uniform next-token distributions, so that beam search has no
+    # near-ties for float rounding to break differently (the timing does not depend on the weights)
+    hf = GPT2LMHeadModel(GPT2Config(**shape, initializer_range=0.1)).eval()
+    hf.generation_config.eos_token_id = None  # generate to the length limit, as ours with stop_at_eos=False
     models = {"ours (custom-transformer)": convert_gpt2(hf, tokenizer)}
     if not args.no_fast_path:
         models["ours (torch-transformer)"] = models["ours (custom-transformer)"].with_layer_architecture("torch-transformer")
     hf.to(device)
     models = {name: lm.to(device).eval() for name, lm in models.items()}
-    n_params = sum(p.numel() for p in hf.parameters())
-    print(f"GPT-2 shape: {args.n_layer} layers, {args.n_head} heads, dim {args.n_embd}, {n_params / 1e6:.1f}M parameters; "
-          f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-          f"HF attention {hf.config._attn_implementation}")
+    return hf, models, tokenizer
 
-    eos = tokenizer.eos_id
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    hf, models, tokenizer = build_models(args, device)
+    n_params = sum(p.numel() for p in hf.parameters())
+    config = hf.config
+    print(f"GPT-2 shape: {config.n_layer} layers, {config.n_head} heads, dim {config.n_embd}, vocab {config.vocab_size}, "
+          f"{n_params / 1e6:.1f}M parameters; torch {torch.__version__}, device {device}, "
+          f"{torch.get_num_threads()} threads, HF attention {hf.config._attn_implementation}, "
+          f"timing {'CPU' if args.cpu_time else 'wall'} time")
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    only = set(args.only.split(","))
+    bos = tokenizer.bos_id
     prompt = tokenizer(args.prompt)
     rows = []  # (measurement, name, tokens/s, check)
 
-    # ---- sampling ----
-    hf_name = "transformers generate"
-    runs = {hf_name: lambda: hf_greedy(hf, [eos] + prompt, args.new_tokens, eos)}
-    for name, lm in models.items():
-        runs[name] = lambda lm=lm: lm.sample(pref=prompt, max_seq_len=len(prompt) + args.new_tokens,
-                                             temperature=0, as_str=False)[len(prompt):]
-        lm.sample(pref=prompt, max_seq_len=len(prompt) + 5, temperature=0, as_str=False)  # warm-up
-    hf_greedy(hf, [eos] + prompt, 5, eos)  # warm-up
-    timed = best_times(runs, args.repeats, device)
-    reference = timed[hf_name][1]
-    for name, (seconds, new) in timed.items():
-        if name == hf_name:
-            check = f"{len(new)} tokens"
-        else:
-            check = "same tokens" if new == reference else f"DIFFERENT tokens from {first_difference(new, reference)}"
-        rows.append(("sampling", name, len(new) / seconds, check))
+    def compare(measurement: str, reference_name: str, runs: Dict[str, Callable[[], List[int]]],
+                count: Callable[[object], int]) -> None:
+        """Warm each run up, time them in turns, check every result equals the reference's."""
+        for run in runs.values():
+            run()
+        timed = best_times(runs, args.repeats, device, clock)
+        reference = timed[reference_name][1]
+        for name, (seconds, result) in timed.items():
+            if name == reference_name:
+                check = f"{count(result)} tokens"
+            elif result == reference:
+                check = "same tokens"
+            else:
+                check = "DIFFERENT tokens"
+            rows.append((measurement, name, count(result) / seconds, check))
+
+    # ---- greedy sampling, batch 1 ----
+    if "sampling" in only:
+        runs = {"transformers generate": lambda: hf_greedy(hf, [bos] + prompt, args.new_tokens, bos)}
+        for name, lm in models.items():
+            runs[name] = lambda lm=lm: lm.sample(pref=prompt, max_seq_len=len(prompt) + args.new_tokens, temperature=0,
+                                                 as_str=False, stop_at_eos=False)[len(prompt):]
+        compare("sampling", "transformers generate", runs, len)
+
+    # ---- beam search ----
+    if "beam" in only:
+        runs = {"transformers generate": lambda: hf_beam(hf, [bos] + prompt, args.beam_tokens, args.beam_size, bos)}
+        for name, lm in models.items():
+            runs[name] = lambda lm=lm: lm.beam_search(pref=prompt, beam_size=args.beam_size, as_str=False,
+                                                      max_seq_len=len(prompt) + args.beam_tokens,
+                                                      stop_at_eos=False)[len(prompt):]
+        compare("beam", "transformers generate", runs, len)
+
+    # ---- batched prompts against one by one ----
+    if "batched" in only:
+        prompts = [tokenizer(text) for text in (BATCH_TEXTS * args.batch_prompts)[:args.batch_prompts]]
+        length = max(len(p) for p in prompts) + args.batch_tokens  # max_seq_len counts the prompt: the same for all
+        for name, lm in models.items():
+            path = name[name.index("("):]
+            runs = {f"ours {path} one by one": lambda lm=lm: [
+                        lm.sample(pref=p, max_seq_len=length, temperature=0, as_str=False, stop_at_eos=False)
+                        for p in prompts],
+                    f"ours {path} batched": lambda lm=lm: lm.sample(pref=prompts, max_seq_len=length, temperature=0,
+                                                                    as_str=False, stop_at_eos=False)}
+            compare(f"batched {path}", f"ours {path} one by one", runs,
+                    lambda result: sum(len(ids) - len(p) for ids, p in zip(result, prompts)))
 
     # ---- perplexity ----
-    x = torch.randint(0, tokenizer.vocab_size, (args.ppl_batch, args.ppl_len + 1),
-                      generator=torch.Generator().manual_seed(1)).to(device)
-    batch = {"x_indices": x, "mask": torch.ones_like(x, dtype=torch.bool)}
-    n_tokens = args.ppl_batch * args.ppl_len
-    hf_name = "transformers forward"
-    runs = {hf_name: lambda: hf_perplexity(hf, x)}
-    for name, lm in models.items():
-        runs[name] = lambda lm=lm: lm.perplexities([batch])[0]
-        lm.perplexities([{"x_indices": x[:1, :9], "mask": batch["mask"][:1, :9]}])  # warm-up
-    hf_perplexity(hf, x[:1, :9])  # warm-up
-    timed = best_times(runs, args.repeats, device)
-    reference_ppl = timed[hf_name][1]
-    for name, (seconds, ppl) in timed.items():
-        close = math.isclose(ppl, reference_ppl, rel_tol=1e-4)
-        rows.append(("perplexity", name, n_tokens / seconds, f"ppl {ppl:.2f}" + ("" if close else " (DIFFERENT)")))
+    if "perplexity" in only:
+        x = torch.randint(0, tokenizer.vocab_size, (args.ppl_batch, args.ppl_len + 1),
+                          generator=torch.Generator().manual_seed(1)).to(device)
+        batch = {"x_indices": x, "mask": torch.ones_like(x, dtype=torch.bool)}
+        n_tokens = args.ppl_batch * args.ppl_len
+        hf_name = "transformers forward"
+        runs = {hf_name: lambda: hf_perplexity(hf, x)}
+        for name, lm in models.items():
+            runs[name] = lambda lm=lm: lm.perplexities([batch])[0]
+            lm.perplexities([{"x_indices": x[:1, :9], "mask": batch["mask"][:1, :9]}])  # warm-up
+        hf_perplexity(hf, x[:1, :9])  # warm-up
+        timed = best_times(runs, args.repeats, device, clock)
+        reference_ppl = timed[hf_name][1]
+        for name, (seconds, ppl) in timed.items():
+            close = math.isclose(ppl, reference_ppl, rel_tol=1e-4)
+            rows.append(("perplexity", name, n_tokens / seconds, f"ppl {ppl:.2f}" + ("" if close else " (DIFFERENT)")))
 
     print_table(rows, args)
 
 
-def first_difference(a: List[int], b: List[int]) -> int:
-    return next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
-
 
 def print_table(rows, args: argparse.Namespace) -> None:
-    hf_speed = {measurement: speed for measurement, name, speed, _ in rows if name.startswith("transformers")}
-    print(f"\nsampling: {args.new_tokens} new tokens, greedy, batch 1; "
+    """One row per model and measurement; the ratio is against the measurement's first row (the reference)."""
+    reference_speed: Dict[str, float] = {}
+    for measurement, name, speed, _ in rows:
+        reference_speed.setdefault(measurement, speed)
+    print(f"\nsampling: {args.new_tokens} new tokens, greedy, batch 1; beam: {args.beam_size} beams, {args.beam_tokens} "
+          f"new tokens; batched: {args.batch_prompts} prompts x {args.batch_tokens} new tokens, greedy; "
           f"perplexity: batch {args.ppl_batch} x {args.ppl_len} tokens; best of {args.repeats}")
-    print(f"| {'measurement':<10} | {'model':<26} | {'tokens/s':>9} | {'ours / HF':>9} | check |")
-    print(f"|{'-' * 12}|{'-' * 28}|{'-' * 11}|{'-' * 11}|-------|")
+    print(f"| {'measurement':<30} | {'model':<38} | {'tokens/s':>9} | {'ratio':>7} | check |")
+    print(f"|{'-' * 32}|{'-' * 40}|{'-' * 11}|{'-' * 9}|-------|")
     for measurement, name, speed, check in rows:
-        ratio = "" if name.startswith("transformers") else f"{speed / hf_speed[measurement]:.2f}x"
-        print(f"| {measurement:<10} | {name:<26} | {speed:>9.1f} | {ratio:>9} | {check} |")
+        ratio = f"{speed / reference_speed[measurement]:.2f}x"
+        print(f"| {measurement:<30} | {name:<38} | {speed:>9.1f} | {ratio:>7} | {check} |")
 
 
 if __name__ == "__main__":

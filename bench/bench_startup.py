@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_startup.py [--repeats 3]
 
-`main.py --help` and `--dry-run` should cost about as much as Python itself: argument and
-config parsing import nothing heavy; torch and lightning are imported only when training starts.
+`main.py --help` should cost about as much as Python itself: argument and config parsing import
+nothing heavy. `--dry-run` checks every run's params, and the model checks live with the model code,
+so it also imports torch (not Lightning, which is imported only when training starts).
 Each command runs once to warm the file cache, then `--repeats` times; the table shows the
 median and the fastest wall time. About a minute on an idle 2-core machine (more when it is busy).
 """

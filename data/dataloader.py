@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import lightning
+import numpy as np
 import tokenizers
 import torch
 from torch.utils.data import DataLoader
@@ -81,12 +82,22 @@ class LMDataModule(lightning.LightningDataModule):
         self.tokenizer = tokenizer
         ids = cached_token_files(texts, self.tokenizer, p.dataset_name, self.cache_dir)
         self.datasets: Dict[str, Union[TokenWindows, TokenSamples]] = {}
+        cut: Dict[str, int] = {}  # lines mode: split -> lines longer than max_seq_len, cut to fit
         for split in splits:
             limit = p.max_train_samples if split == "train" else p.max_eval_samples
             built = self._samples(ids, split) if same_as[split] == split else self.datasets[same_as[split]]
             self.datasets[split] = built.head(limit)
             if len(self.datasets[split]) == 0:
                 raise ValueError(f"{p.dataset_name}: split {split} has no samples (are all its lines empty?)")
+            if self.sample_mode == "lines" and same_as[split] == split:
+                lengths = np.asarray(ids[split].line_lengths)
+                lengths = lengths[lengths > 0][:limit]  # the lines kept as samples
+                cut[split] = int((lengths + 2 > p.max_seq_len + 1).sum())
+        if any(cut.values()):
+            counts = ", ".join(f"{n:,} of {len(self.datasets[split]):,} in {split}" for split, n in cut.items() if n)
+            print(f"{p.dataset_name}: lines longer than max_seq_len={p.max_seq_len} tokens (with their <eos>) were "
+                  f"cut to fit: {counts}. Raise DataParams.max_seq_len to keep them whole, or use "
+                  f'sample_mode="stream".', flush=True)
 
     # ---- building ---------------------------------------------------------------------------
     def _sample_mode(self, task: TaskData) -> str:

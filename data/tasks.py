@@ -48,6 +48,15 @@ def get_data(data_params: DataParams, data_path: Optional[Union[str, Path]] = No
     raise ValueError(unknown_task_message(name, folder, where))
 
 
+def check_task_name(name: str, data_path: Optional[Union[str, Path]] = None) -> None:
+    """Raise the unknown-task ValueError unless `name` is a task `get_data` knows (files are not read)."""
+    if name in SYNTHETIC_TASKS or name in NATURAL_TASKS:
+        return
+    folder = find_data_path(data_path)
+    if folder is None or not (folder / name).is_dir():
+        raise ValueError(unknown_task_message(name, folder, describe_data_path(data_path)))
+
+
 def task_names(data_folder: Optional[Path] = None) -> List[str]:
     """Every dataset_name that works: built-in corpora, synthetic tasks, folders in the data folder."""
     return [*NATURAL_TASKS, *sorted(SYNTHETIC_TASKS), *natural.custom_task_names(data_folder), "hf:NAME[:CONFIG]"]

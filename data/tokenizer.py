@@ -10,6 +10,8 @@ BOS convention: encoding never adds tokens. There is a single separator token, `
 (GPT-2: `<|endoftext|>`), that ends every line and also serves as BOS and padding
 (padding is always masked out). Training samples start with it, so to score a text the way
 training saw it, put `tok.bos_id` in front: `LM.perplexities` and `LM.sample` do this.
+A pretrained checkpoint's tokenizer (pretrained.py) keeps the checkpoint's own ids instead
+(Llama: bos `<s>`, eos `</s>`) and may have a vocab_size larger than its tokens (a padded embedding).
 
 Saved as one `tokenizer.json` (the `tokenizers` library's own format, no pickles).
 """
@@ -118,8 +120,9 @@ class Tokenizer:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def tokens(self, ids: Iterable[int]) -> List[str]:
-        """The token string of each id (for labels and `show_sample`)."""
-        return [self.hf.id_to_token(int(i)) for i in ids]
+        """The token string of each id (for labels and `show_sample`); "<id N>" for an id past the tokenizer's
+        own tokens (a pretrained model's padded vocabulary has them)."""
+        return [self.hf.id_to_token(int(i)) or f"<id {int(i)}>" for i in ids]
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -39,6 +39,8 @@ def perplexities(lm: "LM", data: Union[Sequence[str], Iterable[Batch]], per_toke
                  before_exp: bool = False, dummy_res: float = -1, batch_size: int = 32,
                  ) -> Tuple[float, float, float, int, Union[Tensor, List]]:
     """See LM.perplexities."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size is the number of texts per forward pass: give an int >= 1, got {batch_size!r}")
     if isinstance(data, str):
         raise TypeError("perplexities expects a list of texts (or a DataLoader), not one string: wrap it in a list")
     if isinstance(data, (list, tuple)):

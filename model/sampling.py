@@ -1,8 +1,12 @@
-"""Sampling from an LM: choosing each next token (temperature, top-k, nucleus) and the cached generation loop."""
-from typing import TYPE_CHECKING, List, Optional
+"""Sampling from an LM (LM.sample): choosing each next token (temperature, top-k, nucleus) and the
+cached generation loop, for one prompt or a batch of them."""
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 import torch
 from torch import Tensor
+
+from model.eval_mode import evaluating
+from model.prompts import fitting_groups, left_padded, read_prompts
 
 if TYPE_CHECKING:
     from model.lm import LM
@@ -12,8 +16,8 @@ def check_sampling_args(temperature: float, nucleus: Optional[float], top_k: Opt
     """Raise ValueError with a fix for any invalid combination."""
     if nucleus is not None and top_k is not None:
         raise ValueError(f"give either nucleus (top-p) or top_k, not both (got nucleus={nucleus}, top_k={top_k})")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not temperature >= 0 or temperature == float("inf"):  # `not >=` also catches nan
+        raise ValueError(f"temperature must be >= 0 (0 = greedy) and finite, got {temperature}")
     if nucleus is not None and not 0 < nucleus <= 1:
         raise ValueError(f"nucleus is the probability mass to sample from: give 0 < nucleus <= 1, got {nucleus}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -45,23 +49,71 @@ def choose_next_token(logits: Tensor, temperature: float = 1.0, nucleus: Optiona
     return sorted_ids.gather(-1, choice)
 
 
-def generate(lm: "LM", context: List[int], n_new: int, temperature: float = 1.0, nucleus: Optional[float] = None,
-             top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
-             stop_at_eos: bool = True) -> List[int]:
-    """Up to n_new tokens following `context` (ids, starting with bos), stopping before eos (if stop_at_eos).
+def choose_next_tokens(logits: Tensor, temperature: float = 1.0, nucleus: Optional[float] = None,
+                       top_k: Optional[int] = None, generators: Optional[List[torch.Generator]] = None) -> Tensor:
+    """choose_next_token for a batch [batch, vocab] -> [batch, 1], each row drawn with its own generator
+    (when given), so that a row's choice does not depend on the other rows."""
+    if generators is None or temperature == 0:
+        return choose_next_token(logits, temperature, nucleus, top_k)
+    return torch.cat([choose_next_token(logits[i:i + 1], temperature, nucleus, top_k, generator)
+                      for i, generator in enumerate(generators)])
 
-    The context is read once into a key/value cache; then each step feeds only the newest token.
+
+def generate(lm: "LM", contexts: List[List[int]], n_new: List[int], temperature: float = 1.0,
+             nucleus: Optional[float] = None, top_k: Optional[int] = None,
+             generators: Optional[List[torch.Generator]] = None, stop_at_eos: bool = True) -> List[List[int]]:
+    """For each context (ids starting with bos) up to n_new[r] new tokens, stopping before eos (if stop_at_eos).
+
+    The contexts run as one batch, left-padded to the longest (see prompts.py; the caller makes sure the
+    padded batch fits the model's context). They are read once into a key/value cache; then each step
+    feeds only the newest token of each row. Rows that are done leave the batch.
+    generators: one per row (seeded sampling that does not depend on the batch), or None for torch's global RNG.
     Runs as the model is (call under no_grad / eval mode, as LM.sample does)."""
-    new: List[int] = []
-    if n_new <= 0:
+    new: List[List[int]] = [[] for _ in contexts]
+    rows = [r for r in range(len(contexts)) if n_new[r] > 0]  # the rows still generating, in batch order
+    if not rows:
         return new
-    kv_cache = lm.new_kv_cache()
-    x = torch.tensor([context], dtype=torch.long, device=lm.device)
-    while len(new) < n_new:
+    x, pad_left = left_padded([contexts[r] for r in rows], lm.tokenizer.pad_id, lm.device)
+    kv_cache = lm.new_kv_cache(len(rows), pad_left=pad_left)
+    logits = lm(x, kv_cache=kv_cache)[:, -1]
+    eos = lm.tokenizer.eos_id if stop_at_eos else None
+    while True:
+        row_generators = [generators[r] for r in rows] if generators is not None else None
+        x = choose_next_tokens(logits, temperature, nucleus, top_k, row_generators)
+        going_on = []  # batch positions of the rows that go on
+        for i, (r, token) in enumerate(zip(rows, x[:, 0].tolist())):
+            if token == eos:
+                continue
+            new[r].append(token)
+            if len(new[r]) < n_new[r]:
+                going_on.append(i)
+        if not going_on:
+            return new
+        if len(going_on) < len(rows):
+            keep = torch.tensor(going_on, device=x.device)
+            kv_cache.reorder(keep)
+            x, rows = x[keep], [rows[i] for i in going_on]
         logits = lm(x, kv_cache=kv_cache)[:, -1]
-        x = choose_next_token(logits, temperature, nucleus, top_k, generator)
-        token = x.item()
-        if stop_at_eos and token == lm.tokenizer.eos_id:
-            break
-        new.append(token)
-    return new
+
+
+def sample(lm: "LM", pref: Any = "", max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
+           top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
+           stop_at_eos: bool = True) -> Union[str, List[int], List[Union[str, List[int]]]]:
+    """LM.sample (see its docstring): one prompt -> one sample; a list of prompts -> a list of samples,
+    generated in batches, each the same as sampling its prompt alone with the same seed."""
+    check_sampling_args(temperature, nucleus, top_k)
+    prompts = read_prompts(lm, pref, max_seq_len)
+    new: List[List[int]] = [[] for _ in prompts.contexts]
+    with evaluating(lm):
+        for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
+            generators = None
+            if seed is not None:  # one generator per row, all seeded alike: a row's sample does not depend on the batch
+                generators = [torch.Generator(device=lm.device).manual_seed(seed) for _ in group]
+            group_new = generate(lm, [prompts.contexts[i] for i in group], [prompts.n_new[i] for i in group],
+                                 temperature, nucleus, top_k, generators, stop_at_eos)
+            for i, ids in zip(group, group_new):
+                new[i] = ids
+    samples = [given + ids for given, ids in zip(prompts.given, new)]
+    if as_str:
+        samples = [lm.tokenizer.decode(ids) for ids in samples]
+    return samples if prompts.batched else samples[0]

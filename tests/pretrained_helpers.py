@@ -8,13 +8,16 @@ the family's special tokens added when it has its own.
 import math
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
 from model.lm import LM
+from transformers import (GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 TEXTS = ["Well the weather for the whole area will be fine.", "Hello world!", "A third, longer line of text here."]
 
@@ -114,6 +117,63 @@ def check_all(lm: LM, folder: Path, n_layers: int, n_heads: int, hf=None) -> Non
     check_greedy_sample(lm, hf)
     check_perplexities(lm, hf)
     check_tokenizer_ids(lm, folder)
+
+
+# ---- one small checkpoint per family ---------------------------------------------------------------
+EOS = 50256  # GPT-2's <|endoftext|>; the Llama-likes get their own <s> = 50257, </s> = 50258
+SIZE = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=128)
+LLAMA_SPECIALS = dict(vocab_size=50304, bos_token_id=50257, eos_token_id=50258)
+
+# name -> (model class, config, the ModelParams fields the conversion must pick)
+CHECKPOINTS: Dict[str, tuple] = {
+    "pythia": (GPTNeoXForCausalLM,
+               GPTNeoXConfig(**SIZE, intermediate_size=128, vocab_size=50304, rotary_pct=0.25, rotary_emb_base=10000,
+                             use_parallel_residual=True, bos_token_id=EOS, eos_token_id=EOS),
+               dict(parallel_block=True, rotary_frac=0.25, positional_encoding="rope", norm="layernorm",
+                    tie_embeddings=False, activation="gelu")),
+    "neox-sequential": (GPTNeoXForCausalLM,
+                        GPTNeoXConfig(**{**SIZE, "num_hidden_layers": 2}, intermediate_size=96, vocab_size=50257,
+                                      rotary_pct=0.5, use_parallel_residual=False, attention_bias=False,
+                                      tie_word_embeddings=True, bos_token_id=EOS, eos_token_id=EOS),
+                        dict(parallel_block=False, rotary_frac=0.5, tie_embeddings=True)),
+    "llama": (LlamaForCausalLM,
+              LlamaConfig(**SIZE, num_key_value_heads=2, intermediate_size=96, rope_theta=500000.0,
+                          rms_norm_eps=1e-5, **LLAMA_SPECIALS),
+              dict(n_kv_heads=2, activation="swiglu", norm="rmsnorm", rope_base=500000.0, bias=False,
+                   tie_embeddings=False)),
+    "smollm": (LlamaForCausalLM,  # SmolLM / TinyLlama shape: tied head, few kv heads
+               LlamaConfig(**SIZE, num_key_value_heads=1, intermediate_size=80, tie_word_embeddings=True,
+                           **LLAMA_SPECIALS),
+               dict(n_kv_heads=1, tie_embeddings=True)),
+    "qwen2": (Qwen2ForCausalLM,
+              Qwen2Config(**SIZE, num_key_value_heads=2, intermediate_size=96, tie_word_embeddings=True,
+                          **LLAMA_SPECIALS),
+              dict(bias=True, n_kv_heads=2)),
+    "qwen3": (Qwen3ForCausalLM,
+              Qwen3Config(**SIZE, num_key_value_heads=2, head_dim=16, intermediate_size=96, **LLAMA_SPECIALS),
+              dict(qk_norm=True, bias=False)),
+    "mistral": (MistralForCausalLM,
+                MistralConfig(**SIZE, num_key_value_heads=2, intermediate_size=96, sliding_window=64,
+                              **LLAMA_SPECIALS),
+                dict(max_seq_len=64, n_kv_heads=2)),
+    "opt": (OPTForCausalLM,
+            OPTConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=3, ffn_dim=96, word_embed_proj_dim=64,
+                      max_position_embeddings=128, vocab_size=50272, bos_token_id=EOS, eos_token_id=EOS,
+                      pad_token_id=EOS),
+            dict(positional_encoding="learned", activation="relu")),
+}
+
+
+def make_checkpoint(folder: Path, model_class: Callable, config) -> Path:
+    torch.manual_seed(0)
+    randomize(model_class(config)).save_pretrained(folder)
+    if config.bos_token_id == EOS:
+        save_tokenizer(folder, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    else:
+        save_tokenizer(folder, ["<s>", "</s>"], bos_token="<s>", eos_token="</s>")
+    return folder
+
+
 
 
 # ---- exporting -----------------------------------------------------------------------------------------

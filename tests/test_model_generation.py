@@ -136,8 +136,8 @@ def test_sampling_argument_errors(tok):
     with pytest.raises(ValueError, match="top_k must be a positive int"):
         lm.sample("a", top_k=0)
 
-    with pytest.raises(ValueError, match="sample continues one prefix"):
-        lm.sample(torch.tensor([tok("ab"), tok("cd")]))  # a batch of prefixes is not silently joined into one
+    with pytest.raises(ValueError, match="a prompt is one sequence. For several prompts pass a list"):
+        lm.sample(torch.tensor([tok("ab"), tok("cd")]))  # a padded batch is not silently read as prompts
     assert lm.sample(torch.tensor([tok("ab")]), max_seq_len=6, temperature=0) == lm.sample("ab", max_seq_len=6, temperature=0)
     with pytest.raises(ValueError, match="non-whole values"):
         lm.sample(torch.tensor([2.5, 3.0]))  # not silently truncated to ids

@@ -89,12 +89,15 @@ def small_gpt2(tmp_path_factory):
 def pretrained_checkpoints(tmp_path_factory, small_gpt2):
     """The hub names README's get_pretrained examples load -> small random checkpoints of their family
     (tests/pretrained_helpers.py), each with its tokenizer."""
-    from pretrained_helpers import save_tokenizer
+    from pretrained_helpers import CHECKPOINTS, make_checkpoint, save_tokenizer
     folder = tmp_path_factory.mktemp("gpt2-with-tokenizer")
     for f in small_gpt2.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     save_tokenizer(folder)
-    return {"gpt2": folder}
+    checkpoints = {"gpt2": folder}
+    for hub_name, family in (("EleutherAI/pythia-70m", "pythia"), ("HuggingFaceTB/SmolLM-135M", "smollm")):
+        checkpoints[hub_name] = make_checkpoint(tmp_path_factory.mktemp(family), *CHECKPOINTS[family][:2])
+    return checkpoints
 
 
 def test_python_examples(env, saved_timestamp, small_gpt2, pretrained_checkpoints, tmp_path):
@@ -115,3 +118,4 @@ def test_python_examples(env, saved_timestamp, small_gpt2, pretrained_checkpoint
     assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     assert (tmp_path / "metrics" / "first-run.png").stat().st_size > 0
     assert any((tmp_path / "attentions" / "first-run").glob("*.png"))
+    assert any((tmp_path / "attentions" / "pythia").glob("*.png"))

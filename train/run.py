@@ -2,14 +2,18 @@
 
 Builds the data (LMDataModule), the model (LM), the LightningModule (LMTrainer) and a
 lightning.Trainer; fits (resuming from --resume), measures the final validation and test loss in
-eval mode, and with --save writes the run folder (train/run_folder.py). Ctrl-C stops after the
-current batch and still saves, marked interrupted.
+eval mode, and with --save writes the run folder (train/run_folder.py). Ctrl-C or SIGTERM stops after
+the current batch and still saves, marked interrupted. A loss that stays nan / inf stops the run,
+saved marked diverged. If the save folder cannot be written at the end, the run is saved elsewhere
+(and the message says where), never lost.
 
 On several devices (TrainParams.devices, --gpu-id=0,1; train/devices.py) every process runs this
-function; only rank 0 prints, logs to wandb, evaluates the final model and saves.
+function; only rank 0 prints, logs to wandb, claims the save folder, evaluates the final model and saves.
 """
 import dataclasses
 import logging
+import math
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -18,12 +22,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from data.data_path import cache_dir
 from data.dataloader import LMDataModule
 from model.lm import LM
-from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, progress_bar
+from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, NonFiniteLoss, progress_bar
 from train.devices import DeviceSetup, check_fsdp_model, device_setup, is_rank_zero, sharded
 from train.resumable_loader import ResumableTrainLoader
-from train.run_folder import find_checkpoint, partial_folder, save_run
+from train.resume import checked_checkpoint, run_identity
+from train.run_folder import save_run
+from train.save_dir import check_save_dir, partial_folder, release
 from train.train_params import TrainParams
 from train.trainer import LMTrainer, check_train_params, corpus_loss, perplexity
 
@@ -37,8 +44,9 @@ _told_no_cuda = False
 def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
     """Train the run `namer` describes (see main.Namer). `callbacks`: extra Lightning callbacks.
 
-    Returns {"val_loss", "val_losses", "test_loss", "interrupted", "save_folder" (str or None),
-    "train_stats", "final"}."""
+    Returns {"val_loss", "val_losses", "test_loss", "interrupted", "signal" ("SIGINT", "SIGTERM" or None),
+    "diverged", "save_folder" (str or None), "save_error" (None, or why the save folder could not be
+    written: the run is then in "save_folder", elsewhere), "train_stats", "final"}."""
     dp, tp, args = namer.data_params, namer.train_params, namer.args
     check_train_params(tp)
     setup = device_setup(tp, gpu_ids(getattr(args, "gpu_id", None)))
@@ -59,37 +67,60 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     if setup.world_size > 1:
         say(f"batch: {tp.batch_size} per device x {setup.world_size} processes = global batch "
             f"{tp.batch_size * setup.world_size}")
+    resume = None
+    if getattr(args, "resume", None):
+        resume = checked_checkpoint(args.resume, dp, mp, dm.tokenizer)
 
-    lm_trainer = LMTrainer(lm, tp, val_names=dm.val_names)
+    lm_trainer = LMTrainer(lm, tp, val_names=dm.val_names, run_identity=run_identity(dp, dm.tokenizer))
     train_loader = ResumableTrainLoader(dm.train_dataloader(), seed=tp.seed, world_size=setup.world_size)
     val_loaders = dm.val_dataloader()
     if setup.world_size > 1:  # each rank evaluates its own share of every set
         val_loaders = [sharded(loader, tp.limit_val_batches) for loader in val_loaders]
     ctrl_c = CtrlCStop()
+    nonfinite = NonFiniteLoss(check_every=tp.hyperparams_log_freq, stop=tp.stop_on_nonfinite)
     full_weights = FullWeights()
-    all_callbacks: List[Callback] = [*callbacks, train_loader, ctrl_c, full_weights]
-    save_folder = Path(namer.save_folder_name()) if getattr(args, "save", False) else None
-    if save_folder is not None:
-        checkpoint = LastCheckpoint(partial_folder(save_folder) / "checkpoints" / "last.ckpt")
+    all_callbacks: List[Callback] = [*callbacks, train_loader, ctrl_c, nonfinite, full_weights]
+    save_folder = None
+    if getattr(args, "save", False):
+        if is_rank_zero():
+            # weights, and a checkpoint with the weights and AdamW's two moments: 4 copies of the parameters
+            check_save_dir(Path(namer.save_folder_name()).parent, need_bytes=16 * lm.n_parameters() + 2 ** 24)
+            save_folder = Path(getattr(namer, "claim_save_folder", namer.save_folder_name)())
+        else:  # rank 0 alone claims the folder and writes into it
+            save_folder = Path(namer.save_folder_name())
+        checkpoint = LastCheckpoint(partial_folder(save_folder) / "checkpoints" / "last.ckpt",
+                                    skip=lambda: nonfinite.diverged)
         all_callbacks.append(checkpoint)
         say(f"saving to {save_folder} (checkpoint while training: {checkpoint.path})")
-    logger = None
-    if not getattr(args, "no_wandb", False) and is_rank_zero():
-        from train.wandb_setup import wandb_logger
-        logger = wandb_logger(namer.wandb_proj_name(), namer.run_name(), params_config(dp, mp, tp, namer),
-                              entity=getattr(args, "wandb_entity", None))
-    trainer = make_trainer(tp, setup, n_train_batches=len(train_loader), logger=logger, callbacks=all_callbacks)
-    if tp.compile:
-        lm.compile()
+    try:
+        logger = None
+        if not getattr(args, "no_wandb", False) and is_rank_zero():
+            from train.wandb_setup import wandb_logger
+            logger = wandb_logger(namer.wandb_proj_name(), namer.run_name(), params_config(dp, mp, tp, namer),
+                                  entity=getattr(args, "wandb_entity", None))
+        trainer = make_trainer(tp, setup, n_train_batches=len(train_loader), logger=logger,
+                               callbacks=all_callbacks)
+        if tp.compile:
+            lm.compile()
+    except BaseException:
+        if save_folder is not None and is_rank_zero():
+            release(save_folder)  # nothing trained: give the claimed name back
+        raise
 
-    resume = find_checkpoint(args.resume) if getattr(args, "resume", None) else None
     if resume is not None:
         say(f"resuming from {resume}")
-    hard_interrupt = fit(trainer, lm_trainer, train_loader, val_loaders, resume, ctrl_c)
+    try:
+        hard_interrupt = fit(trainer, lm_trainer, train_loader, val_loaders, resume, ctrl_c)
+    except Exception:
+        if save_folder is not None and checkpoint.path.is_file():
+            say(f"training failed at step {trainer.global_step}; the last checkpoint is {checkpoint.path}: "
+                f"continue from it with --resume {save_folder}", flush=True)
+        raise
     interrupted = hard_interrupt or ctrl_c.requested
     if not trainer.is_global_zero:  # rank 0 evaluates, saves and reports
         return {"val_loss": None, "val_losses": {}, "test_loss": None, "interrupted": interrupted,
-                "save_folder": None, "train_stats": {}, "final": {}, "rank": trainer.global_rank}
+                "signal": ctrl_c.signal_name, "diverged": nonfinite.diverged, "save_folder": None,
+                "save_error": None, "train_stats": {}, "final": {}, "rank": trainer.global_rank}
     if full_weights.weights is not None:  # FSDP: the blocks were sharded; rank 0 gathered them all
         lm = LM(mp, dm.tokenizer)
         lm.load_state_dict(full_weights.weights)
@@ -99,33 +130,77 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     final = final_losses(lm, dm, device, skip=hard_interrupt)
     if final["test_loss"] is not None:
         record_final_losses(lm_trainer, final, trainer.global_step)
-    final.update(interrupted=interrupted, steps=trainer.global_step, samples=lm_trainer.n_samples_trained,
-                 epochs_completed=trainer.current_epoch, elapsed_s=lm_trainer.elapsed_s())
+    diverged = nonfinite.diverged or (final["val_loss"] is not None and not math.isfinite(final["val_loss"]))
+    final.update(interrupted=interrupted, signal=ctrl_c.signal_name, diverged=diverged,
+                 diverged_at_step=nonfinite.diverged_at_step, steps=trainer.global_step,
+                 samples=lm_trainer.n_samples_trained,
+                 epochs_completed=lm_trainer.n_batches_trained // max(1, len(train_loader)),  # whole epochs only
+                 elapsed_s=lm_trainer.elapsed_s())
     train_stats = lm_trainer.train_stats  # flushes the last values to wandb too
     print_final(final)
+    if diverged:
+        print(divergence_message(nonfinite, tp), flush=True)
 
+    save_error = None
     if save_folder is not None:
         run_info = {"config": getattr(namer, "config_name", None), "task": dp.dataset_name,
                     "run_name": namer.run_name(), "timestamp": namer.timestamp,
                     "varying": getattr(namer, "varying", {}), "resumed_from": str(resume) if resume else None,
                     "wandb": wandb_info(logger)}
-        save_run(save_folder, lm, dp, mp, tp, train_stats, final, run_info)
-        print(f"saved to {save_folder}")
+        save_folder, save_error = save_or_rescue(save_folder, lm, dp, mp, tp, train_stats, final, run_info)
     if logger is not None:
         finish_wandb(logger, final)
     return {"val_loss": final["val_loss"], "val_losses": final["val_losses"], "test_loss": final["test_loss"],
-            "interrupted": interrupted, "save_folder": str(save_folder) if save_folder else None,
+            "interrupted": interrupted, "signal": ctrl_c.signal_name, "diverged": diverged,
+            "save_folder": str(save_folder) if save_folder else None, "save_error": save_error,
             "train_stats": train_stats, "final": final}
+
+
+def divergence_message(nonfinite: NonFiniteLoss, tp: TrainParams) -> str:
+    if nonfinite.diverged:
+        what = (f"the training loss became {nonfinite.value} at step {nonfinite.diverged_at_step} and stayed "
+                f"non-finite for {nonfinite.patience} batches in a row")
+        what += ": training stopped there" if tp.stop_on_nonfinite else " (stop_on_nonfinite=False: training went on)"
+    else:
+        what = "the final validation loss is not finite"
+    return (f"diverged: {what}. Try a lower lr (now {tp.lr:g}), gradient clipping (grad_clip, now {tp.grad_clip}) "
+            f"or a longer warmup (warmup_steps, now {tp.warmup_steps}).")
+
+
+def save_or_rescue(folder: Path, *run: Any) -> "tuple[Path, Optional[str]]":
+    """save_run(folder, *run); if that fails (disk full, folder made read-only, ...), save the run under
+    the cache dir or the temp dir instead. Returns (where it was saved, None or the error message)."""
+    try:
+        saved = save_run(folder, *run)
+        print(f"saved to {saved}")
+        return saved, None
+    except OSError as error:
+        reason = f"could not save the run to {folder}: {error.strerror or error}"
+    relative = Path(*folder.parts[-4:])  # {config}/{task}/{run name}/{timestamp}
+    for root in (lambda: cache_dir() / "rescued-runs", lambda: Path(tempfile.gettempdir()) / "lm-rescued-runs"):
+        try:
+            rescued = save_run(root() / relative, *run)
+        except OSError:
+            continue
+        message = (f"{reason}. The trained model is saved in {rescued} instead: load it with "
+                   f"model_explorer.get_model_by_path({str(rescued)!r}), or move the folder to {folder}.")
+        print(f"error: {message}", flush=True)
+        return rescued, message
+    message = (f"{reason}, nor anywhere else. The last checkpoint is in {partial_folder(folder)}/checkpoints "
+               "(continue from it with --resume once the disk has room).")
+    print(f"error: {message}", flush=True)
+    return folder, message
 
 
 def fit(trainer: L.Trainer, lm_trainer: LMTrainer, train_loader: ResumableTrainLoader, val_loaders: List[Any],
         resume: Optional[Path], ctrl_c: CtrlCStop) -> bool:
-    """trainer.fit, with Ctrl-C handled; True when a second Ctrl-C stopped it in the middle of a step."""
+    """trainer.fit, with Ctrl-C / SIGTERM handled; True when a second signal stopped it in the middle of a step."""
     try:
         with ctrl_c.handling_ctrl_c(), warnings.catch_warnings():
             for message in IGNORED_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
-            trainer.fit(lm_trainer, train_dataloaders=train_loader, val_dataloaders=val_loaders, ckpt_path=resume)
+            trainer.fit(lm_trainer, train_dataloaders=train_loader, val_dataloaders=val_loaders, ckpt_path=resume,
+                        weights_only=True)
     except SystemExit:  # Lightning exits this way after a KeyboardInterrupt (a second Ctrl-C)
         if not trainer.interrupted:
             raise
@@ -217,7 +292,7 @@ def record_final_losses(lm_trainer: LMTrainer, final: Dict[str, Any], step: int)
 
 def print_final(final: Dict[str, Any]) -> None:
     if final["val_loss"] is None:
-        print("final: interrupted twice, no final evaluation")
+        print(f"final: stopped at once by a second {final.get('signal') or 'Ctrl-C'}, no final evaluation")
         return
     vals = " | ".join(f"val {name} loss {loss:.4f} ppl {perplexity(loss):.2f}" for name, loss in final["val_losses"].items())
     state = " (interrupted)" if final.get("interrupted") else ""

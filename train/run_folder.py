@@ -7,14 +7,20 @@
         tokenizer.json      the tokenizer (the `tokenizers` library's format)
         train_stats.json    {metric: [[steps, samples, counter, value], ...]}  (see train/train_stats.py)
         final.json          {"val_loss", "val_losses" (per validation set), "test_loss", "interrupted",
-                            "steps", "samples", "elapsed_s"}, measured after training in eval mode
+                            "diverged", "steps", "samples", "elapsed_s", "weights_sha256"}, measured after
+                            training in eval mode
         checkpoints/last.ckpt   Lightning's training state, for `--resume` (a pickle: not read by load_run)
 
-Nothing that `load_run` reads is a pickle. The folder is built under `{timestamp}.partial` and renamed
-when complete, so a crash never leaves a folder that looks whole.
+Nothing that `load_run` reads is a pickle. The folder is built under `{timestamp}.partial` (claimed when
+the run starts, see train/save_dir.py) and renamed when complete, so a crash never leaves a folder that
+looks whole. Every JSON file is strict JSON: a nan or inf is written as null, and the file's "nonfinite"
+entry lists where, with the value (`[{"at": ["val_loss"], "value": "nan"}]`); the readers here put the
+values back. A damaged file raises DamagedRunError naming the file and what is wrong with it.
 """
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -22,7 +28,7 @@ import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -30,6 +36,7 @@ from safetensors.torch import load_model, save_model
 from data.data_params import DataParams
 from data.tokenizer import Tokenizer
 from model.model_params import ModelParams
+from train.save_dir import partial_folder
 from train.train_params import TrainParams
 from train.train_stats import TrainStats
 
@@ -38,6 +45,11 @@ FILES = ("model.safetensors", "params.json", "tokenizer.json", "train_stats.json
 PARAM_CLASSES = {"data_params": DataParams, "model_params": ModelParams, "train_params": TrainParams}
 PACKAGES = ("torch", "lightning", "wandb", "transformers", "tokenizers", "datasets", "safetensors", "numpy")
 REPO = Path(__file__).resolve().parents[1]
+NONFINITE = "nonfinite"  # the key, in a JSON file, that lists where its nan / inf values were
+
+
+class DamagedRunError(ValueError):
+    """A saved run folder whose files are missing, truncated or not what they should be."""
 
 
 class SavedRun(NamedTuple):
@@ -48,36 +60,34 @@ class SavedRun(NamedTuple):
     final: Dict[str, Any]
 
 
-def partial_folder(folder: PathLike) -> Path:
-    """Where a run folder is built until it is complete (checkpoints live there during training)."""
-    folder = Path(folder)
-    return folder.with_name(folder.name + ".partial")
-
-
 def save_run(folder: PathLike, lm: Any, data_params: DataParams, model_params: ModelParams,
              train_params: TrainParams, train_stats: TrainStats, final: Dict[str, Any],
              run_info: Optional[Dict[str, Any]] = None) -> Path:
     """Write the run folder atomically (built in `{folder}.partial`, which may already hold the
-    checkpoints, then renamed). Returns the folder."""
+    checkpoints, then renamed). final.json gets "weights_sha256", the hash of model.safetensors.
+    Returns the folder."""
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"run folder {folder} already exists: pick another save folder (timestamp)")
     tmp = partial_folder(folder)
     tmp.mkdir(parents=True, exist_ok=True)
-    save_model(lm, str(tmp / "model.safetensors"))
     lm.tokenizer.save(tmp / "tokenizer.json")
+    save_model(lm, str(tmp / "model.safetensors"))
+    # safetensors creates the file readable by its owner only; give it the permissions of the other files
+    os.chmod(tmp / "model.safetensors", os.stat(tmp / "tokenizer.json").st_mode & 0o777)
     params = {"data_params": dataclasses.asdict(data_params), "model_params": dataclasses.asdict(model_params),
               "train_params": dataclasses.asdict(train_params), "run": run_info or {}, "argv": sys.argv,
               "versions": package_versions(), **git_state()}
-    _write_json(tmp / "params.json", params)
-    _write_json(tmp / "train_stats.json", {name: [list(e) for e in entries] for name, entries in train_stats.items()})
-    _write_json(tmp / "final.json", final)
+    write_json(tmp / "params.json", params)
+    write_json(tmp / "train_stats.json", {name: [list(e) for e in entries] for name, entries in train_stats.items()})
+    write_json(tmp / "final.json", {**final, "weights_sha256": file_sha256(tmp / "model.safetensors")})
     os.replace(tmp, folder)
     return folder
 
 
 def load_run(folder: PathLike, device: Union[str, torch.device] = "cpu") -> SavedRun:
-    """(lm in eval mode, tokenizer, train_stats, params, final) of a saved run folder."""
+    """(lm in eval mode, tokenizer, train_stats, params, final) of a saved run folder. Raises
+    DamagedRunError naming the file when one is missing, truncated or unreadable."""
     from model.lm import LM  # here so that reading params.json alone needs no model code
 
     folder = Path(folder)
@@ -86,37 +96,137 @@ def load_run(folder: PathLike, device: Union[str, torch.device] = "cpu") -> Save
         hint = " (it is still being written, or its run crashed)" if folder.name.endswith(".partial") else ""
         raise FileNotFoundError(f"{folder} is not a complete saved run{hint}: missing {', '.join(missing)}")
     params = read_params(folder)
-    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    final = read_final(folder)
+    train_stats = read_train_stats(folder)
+    try:
+        tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    except Exception as error:  # the tokenizers library raises its own exception type
+        raise DamagedRunError(f"{folder / 'tokenizer.json'} is damaged: {error}") from error
+    weights = folder / "model.safetensors"
+    problem = safetensors_problem(weights)
+    if problem:
+        raise DamagedRunError(f"{weights} is damaged: {problem}")
     lm = LM(params["model_params"], tokenizer)
-    load_model(lm, str(folder / "model.safetensors"), device=str(device))
+    try:
+        load_model(lm, str(weights), device=str(device))
+    except RuntimeError as error:  # names or shapes that do not fit params.json's model
+        raise DamagedRunError(f"{weights} does not fit the model params.json describes: {error}") from error
     lm.to(device).eval()
-    return SavedRun(lm, tokenizer, read_train_stats(folder), params, read_final(folder))
+    return SavedRun(lm, tokenizer, train_stats, params, final)
+
+
+def run_folder_problem(folder: PathLike) -> Optional[str]:
+    """Why a run folder cannot be loaded ("params.json: not valid JSON ...", "model.safetensors is
+    truncated ..."), or None when it looks sound. Quick: reads the JSON files and the weights' header only."""
+    folder = Path(folder)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        read_params(folder, warn=False)
+        read_final(folder)
+        read_train_stats(folder)
+    except DamagedRunError as error:
+        return str(error).replace(f"{folder}/", "")
+    problem = safetensors_problem(folder / "model.safetensors")
+    return f"model.safetensors is damaged: {problem}" if problem else None
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """What is wrong with a .safetensors file's layout (an 8-byte header size, a JSON header, then the
+    tensor bytes it lists), or None. Catches truncated and overwritten files without reading the tensors."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_len > size - 8:
+                return f"truncated or not a safetensors file ({size} bytes; its header says {header_len} + 8)"
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError) as error:
+        return f"unreadable header ({error})"
+    if not isinstance(header, dict):
+        return "its header is not a table of tensors"
+    ends = [info["data_offsets"][1] for name, info in header.items()
+            if name != "__metadata__" and isinstance(info, dict) and "data_offsets" in info]
+    data_len = size - 8 - header_len
+    if ends and max(ends) != data_len:
+        return (f"truncated: its header lists {max(ends)} bytes of tensors, the file holds {data_len}"
+                if max(ends) > data_len else f"{data_len - max(ends)} bytes more than its header lists")
+    return None
+
+
+def file_sha256(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: PathLike) -> Any:
+    """A JSON file written by write_json, with its nan / inf values put back. DamagedRunError when the
+    file is not valid JSON (truncated, edited by hand)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DamagedRunError(f"{path} is not UTF-8 text ({error})") from error
+    except json.JSONDecodeError as error:
+        raise DamagedRunError(f"{path} is not valid JSON: {error.msg} at line {error.lineno} column "
+                              f"{error.colno} (truncated or edited?)") from error
+    if isinstance(obj, dict) and isinstance(obj.get(NONFINITE), list):
+        for entry in obj.pop(NONFINITE):
+            try:
+                _set_at(obj, entry["at"], float(entry["value"]))
+            except (KeyError, IndexError, TypeError, ValueError) as error:
+                raise DamagedRunError(f"{path}: its {NONFINITE!r} entry {entry!r} does not fit the file") from error
+    return obj
 
 
 def read_train_stats(folder: PathLike) -> TrainStats:
     """train_stats.json of a run folder: {metric: [(steps, samples, counter, value), ...]}."""
-    raw = json.loads((Path(folder) / "train_stats.json").read_text())
-    return {name: [tuple(e) for e in entries] for name, entries in raw.items()}
+    path = Path(folder) / "train_stats.json"
+    raw = read_json(path)
+    try:
+        return {name: [tuple(e) for e in entries] for name, entries in raw.items()}
+    except (AttributeError, TypeError) as error:
+        raise DamagedRunError(f"{path} is not a table of metrics ({error})") from error
 
 
 def read_final(folder: PathLike) -> Dict[str, Any]:
-    """final.json of a run folder: final val / test losses, interrupted, steps, samples."""
-    return json.loads((Path(folder) / "final.json").read_text())
+    """final.json of a run folder: final val / test losses, interrupted, diverged, steps, samples."""
+    path = Path(folder) / "final.json"
+    final = read_json(path)
+    if not isinstance(final, dict):
+        raise DamagedRunError(f"{path} should hold a JSON object, not {type(final).__name__}")
+    return final
 
 
-def read_params(folder: PathLike) -> Dict[str, Any]:
-    """params.json with data_params, model_params and train_params as dataclasses. Fields saved by an
-    older version that no longer exist are dropped (with a warning); new fields take their defaults."""
-    raw = json.loads((Path(folder) / "params.json").read_text())
+def read_params(folder: PathLike, warn: bool = True) -> Dict[str, Any]:
+    """params.json with data_params, model_params and train_params as dataclasses. New fields take their
+    defaults. Fields this code does not know (saved by a newer version, or by an edited copy of the code)
+    are kept in params["unknown_fields"] ({"model_params": {name: value}, ...}) and reported."""
+    path = Path(folder) / "params.json"
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise DamagedRunError(f"{path} should hold a JSON object, not {type(raw).__name__}")
     params = dict(raw)
+    unknown_fields: Dict[str, Dict[str, Any]] = {}
     for key, cls in PARAM_CLASSES.items():
         known = {f.name for f in dataclasses.fields(cls)}
         values = raw.get(key, {})
-        unknown = sorted(set(values) - known)
+        if not isinstance(values, dict):
+            raise DamagedRunError(f"{path}: {key} should be a JSON object, not {type(values).__name__}")
+        unknown = {k: v for k, v in values.items() if k not in known}
         if unknown:
-            warnings.warn(f"{folder}: params.json has {cls.__name__} fields this code no longer knows, ignored: "
-                          f"{', '.join(unknown)}")
+            unknown_fields[key] = unknown
         params[key] = cls(**{k: v for k, v in values.items() if k in known})
+    params["unknown_fields"] = unknown_fields
+    if unknown_fields and warn:
+        listed = "; ".join(f"{PARAM_CLASSES[key].__name__}: {', '.join(f'{k}={v!r}' for k, v in fields.items())}"
+                           for key, fields in unknown_fields.items())
+        warnings.warn(f"{path} has fields unknown to this version of the code (saved by a newer version, or "
+                      f"by an edited copy of it), kept in params['unknown_fields'] but not applied: {listed}")
     return params
 
 
@@ -157,15 +267,39 @@ def git_state() -> Dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write strict JSON (no NaN / Infinity, which json.dumps writes by default and other readers
+    refuse): each non-finite float becomes null, listed with its value under "nonfinite"."""
+    clean, nonfinite = strict_json(obj)
+    if nonfinite and isinstance(clean, dict):
+        clean[NONFINITE] = nonfinite
+    Path(path).write_text(json.dumps(clean, indent=1, allow_nan=False) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if torch.is_tensor(obj):
-        return obj.tolist()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON: {obj!r}")
+def strict_json(obj: Any) -> Tuple[Any, List[Dict[str, Any]]]:
+    """(obj as plain JSON values with nan / inf replaced by None, [{"at": [keys], "value": "nan"}, ...])."""
+    nonfinite: List[Dict[str, Any]] = []
+
+    def clean(value: Any, at: List[Any]) -> Any:
+        if torch.is_tensor(value):
+            value = value.tolist()
+        if isinstance(value, float) and not math.isfinite(value):
+            nonfinite.append({"at": at, "value": repr(value)})
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v, at + [str(k)]) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set)):
+            return [clean(v, at + [i]) for i, v in enumerate(value)]
+        if isinstance(value, Path):
+            return str(value)
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        raise TypeError(f"cannot write {type(value).__name__} to JSON: {value!r}")
+
+    return clean(obj, []), nonfinite
+
+
+def _set_at(obj: Any, at: List[Any], value: Any) -> None:
+    for key in at[:-1]:
+        obj = obj[key]
+    obj[at[-1]] = value

@@ -2,8 +2,12 @@
 
 Each field's trailing comment is its description (`python3 main.py --list-params`).
 """
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Union
+
+LR_SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -31,3 +35,40 @@ class TrainParams:
     hyperparams_log_freq: int = 50  # call log_hyperparams_and_time every N batches
     n_print_samples: int = 2  # samples printed after each epoch (one greedy, the rest sampled)
     print_sample_len: int = 30  # tokens generated per printed sample
+    stop_on_nonfinite: bool = True  # stop (and mark the run diverged) when the training loss is nan/inf for 3 batches in a row
+
+
+def check_train_params(tp: TrainParams) -> None:
+    """Raise ValueError listing every bad setting (run before any data is loaded or model built)."""
+    problems: List[str] = []
+
+    def need(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{field}={getattr(tp, field)!r}: must be {rule}")
+
+    def number(value: object) -> bool:  # a finite int or float (configs check the type; Python callers may not)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    need(tp.epochs >= 1, "epochs", ">= 1")
+    need(tp.max_steps is None or tp.max_steps >= 1, "max_steps", ">= 1, or None to train for `epochs`")
+    need(tp.batch_size >= 1, "batch_size", ">= 1")
+    need(number(tp.lr) and tp.lr > 0, "lr", "a number > 0")
+    need(number(tp.min_lr_frac) and 0 <= tp.min_lr_frac <= 1, "min_lr_frac", "in [0, 1] (a fraction of lr)")
+    need(tp.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
+    need(tp.warmup_steps >= 0, "warmup_steps", ">= 0")
+    need(number(tp.weight_decay) and tp.weight_decay >= 0, "weight_decay", ">= 0")
+    for field in ("beta1", "beta2"):
+        need(number(getattr(tp, field)) and 0 <= getattr(tp, field) < 1, field, "in [0, 1)")
+    need(tp.grad_clip is None or (number(tp.grad_clip) and tp.grad_clip > 0), "grad_clip",
+         "> 0, or None for no clipping")
+    need(tp.accumulate_grad_batches >= 1, "accumulate_grad_batches", ">= 1")
+    need(tp.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+    need(tp.val_check_interval is None or tp.val_check_interval >= 1, "val_check_interval",
+         ">= 1 (training batches), or None to validate once per epoch")
+    need(tp.limit_val_batches is None or tp.limit_val_batches >= 1, "limit_val_batches",
+         ">= 1, or None for the whole validation set")
+    need(tp.hyperparams_log_freq >= 1, "hyperparams_log_freq", ">= 1")
+    need(tp.n_print_samples >= 0, "n_print_samples", ">= 0")
+    need(tp.print_sample_len >= 1, "print_sample_len", ">= 1")
+    if problems:
+        raise ValueError("invalid TrainParams:\n  " + "\n  ".join(problems))

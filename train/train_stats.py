@@ -69,6 +69,7 @@ class Throughput:
     def __init__(self) -> None:
         self.tokens = 0
         self.seconds = 0.0
+        self.total_tokens = 0  # never reset: for progress lines that must not disturb the logged window
         self._since: Optional[float] = None
 
     def resume(self) -> None:
@@ -82,6 +83,7 @@ class Throughput:
 
     def add_tokens(self, n: int) -> None:
         self.tokens += n
+        self.total_tokens += n
 
     def tokens_per_s(self) -> float:
         """Tokens per second since the previous call (the window then starts again)."""

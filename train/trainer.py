@@ -17,11 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.eval_mode import evaluating
-from train.train_params import TrainParams
+from train.train_params import LR_SCHEDULES, PRECISIONS, TrainParams, check_train_params  # noqa: F401 (re-exported)
 from train.train_stats import StatsRecorder, Throughput, TrainStats
-
-LR_SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 class LMTrainer(L.LightningModule):
@@ -31,8 +28,9 @@ class LMTrainer(L.LightningModule):
     """
 
     def __init__(self, lm: nn.Module, train_params: TrainParams, val_names: Sequence[str] = ("main",),
-                 train_stats: Optional[TrainStats] = None):
+                 train_stats: Optional[TrainStats] = None, run_identity: Optional[Dict[str, Any]] = None):
         super().__init__()
+        self.run_identity = run_identity  # task, data params, tokenizer: saved in checkpoints (train/resume.py)
         check_train_params(train_params)
         self.model = lm
         self.train_params = train_params
@@ -188,6 +186,9 @@ class LMTrainer(L.LightningModule):
         sets = " | ".join(f"{self.val_names[i]}: loss {loss:.4f} ppl {perplexity(loss):.2f}" for i, loss in losses.items())
         self.print(f"\nepoch {self.current_epoch} step {self.global_step} ({self.n_samples_trained} samples, "
                    f"{self.elapsed_s():.0f} s) | val {sets}")
+        if not all(math.isfinite(loss) for loss in losses.values()):
+            self.print("  (no samples: the loss is not finite)")  # sampling from nan probabilities is impossible
+            return
         # rank 0 alone samples; under FSDP no rank can run the sharded model alone, so no samples then
         if self.trainer.is_global_zero and "FSDP" not in type(self.trainer.strategy).__name__:
             for line in self.sample_lines():
@@ -228,6 +229,7 @@ class LMTrainer(L.LightningModule):
             "n_batches_trained": self.n_batches_trained,
             "elapsed_s": self.elapsed_s(),
             "model_params": asdict(self.model.model_params),
+            "run": self.run_identity,
             "rng": get_rng_state(),
         }
 
@@ -261,15 +263,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_train_params(tp: TrainParams) -> None:
-    if tp.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"TrainParams.lr_schedule={tp.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
-    if tp.precision not in PRECISIONS:
-        raise ValueError(f"TrainParams.precision={tp.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if tp.hyperparams_log_freq < 1:
-        raise ValueError(f"TrainParams.hyperparams_log_freq must be >= 1, got {tp.hyperparams_log_freq}")
 
 
 def make_optimizer(lm: nn.Module, tp: TrainParams) -> torch.optim.AdamW:

@@ -46,10 +46,20 @@ class LayerKVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def reorder(self, indices: Tensor, pad_left: Optional[Tensor]) -> None:
-        """Keep / repeat batch rows: row i becomes old row indices[i]."""
+        """Keep / repeat batch rows: row i becomes old row indices[i]. Copies only the filled positions
+        (beam search reorders every step: the buffers are the whole context long)."""
         if self.k is not None:
-            self.k = self.k.index_select(0, indices.to(self.k.device))
-            self.v = self.v.index_select(0, indices.to(self.v.device))
+            indices = indices.to(self.k.device)
+            filled = slice(0, self.length)
+            if indices.numel() == self.k.shape[0]:  # as many rows as before: in place
+                self.k[:, :, filled] = self.k[:, :, filled].index_select(0, indices)
+                self.v[:, :, filled] = self.v[:, :, filled].index_select(0, indices)
+            else:
+                k, v = self.k, self.v
+                self.k = k.new_empty((indices.numel(),) + k.shape[1:])
+                self.v = v.new_empty((indices.numel(),) + v.shape[1:])
+                self.k[:, :, filled] = k[:, :, filled].index_select(0, indices)
+                self.v[:, :, filled] = v[:, :, filled].index_select(0, indices)
         self.pad_left = pad_left
 
 

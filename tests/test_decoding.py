@@ -1,0 +1,131 @@
+"""Beam search (against transformers' generate on the same GPT-2 weights) and batched prompts
+(against sampling each prompt alone) for lm.sample and lm.beam_search."""
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from data.tokenizer import Tokenizer
+from gpt2 import convert_gpt2
+from model.lm import LM
+from model_helpers import ARCHS, char_tokenizer
+from model_helpers import make_lm as make_tiny_lm
+from test_gpt2 import EOS, random_gpt2, tokenizer_folder
+
+GPT2_PROMPTS = ["Well the weather", "Hello", "A B C D E F"]
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return char_tokenizer()
+
+
+def make_lm(tok: Tokenizer, seed: int = 0, **overrides) -> LM:
+    lm = make_tiny_lm(tok, seed, **overrides)
+    with torch.no_grad():  # weights of a trained model's size, so logits are far from uniform
+        for p in lm.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return lm
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair():
+    """(transformers' GPT-2, our LM) on the same random weights, where eos's lm_head row is a slightly
+    scaled copy of another token's: eos often ranks high, so that beams end at different steps."""
+    hf = random_gpt2(n_positions=64, tie_word_embeddings=False)
+    with torch.no_grad():
+        hf.lm_head.weight[EOS] = 1.03 * hf.lm_head.weight[38833]
+    return hf, convert_gpt2(hf, Tokenizer.gpt2(str(tokenizer_folder())))
+
+
+def hf_beam_search(hf: GPT2LMHeadModel, context, beam_size, length_penalty, n_best):
+    """transformers' n_best (new ids without the eos they end with, score), best first."""
+    out = hf.generate(torch.tensor([context]), num_beams=beam_size, do_sample=False, length_penalty=length_penalty,
+                      early_stopping=True, num_return_sequences=n_best, max_new_tokens=NEW_TOKENS,
+                      pad_token_id=EOS, eos_token_id=EOS, output_scores=True, return_dict_in_generate=True)
+    scores = out.sequences_scores.tolist() if beam_size > 1 else [None]
+    results = []
+    for sequence, score in zip(out.sequences, scores):
+        new = sequence[len(context):].tolist()
+        results.append((new[:new.index(EOS)] if EOS in new else new, score))
+    return results
+
+
+@pytest.mark.parametrize("beam_size", (1, 3, 5))
+def test_beam_search_equals_transformers(gpt2_pair, beam_size):
+    hf, lm = gpt2_pair
+    n_ended_early = 0
+    for prompt in GPT2_PROMPTS:
+        ids = lm.tokenizer(prompt)
+        for length_penalty in (0.5, 1.0, 2.0):
+            expected = hf_beam_search(hf, [EOS] + ids, beam_size, length_penalty, beam_size)
+            ours = lm.beam_search(prompt, beam_size=beam_size, max_seq_len=len(ids) + NEW_TOKENS,
+                                  length_penalty=length_penalty, n_best=beam_size, as_str=False)
+            if beam_size == 1:
+                assert ours == ids + expected[0][0]
+                continue
+            assert [sample for sample, _ in ours] == [ids + new for new, _ in expected]
+            assert [score for _, score in ours] == pytest.approx([score for _, score in expected], rel=1e-4)
+            n_ended_early += sum(len(new) < NEW_TOKENS for new, _ in expected)
+            best_text = lm.beam_search(prompt, beam_size=beam_size, max_seq_len=len(ids) + NEW_TOKENS,
+                                       length_penalty=length_penalty)
+            assert best_text == lm.tokenizer.decode(ours[0][0])
+    assert beam_size == 1 or n_ended_early >= 3  # the eos handling was exercised
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_beam_size_one_is_greedy_and_batched_beams_equal_single(tok, arch):
+    lm = make_lm(tok, layer_architecture=arch)
+    for prompt in ("", "the", "hello world"):
+        assert lm.beam_search(prompt, beam_size=1, max_seq_len=20) == lm.sample(prompt, max_seq_len=20, temperature=0)
+    prompts = ["the quick", "", "abc, x", tok("hel")]
+    batched = lm.beam_search(prompts, beam_size=3, n_best=2, max_seq_len=18, as_str=False)
+    alone = [lm.beam_search(p, beam_size=3, n_best=2, max_seq_len=18, as_str=False) for p in prompts]
+    assert [[ids for ids, _ in best] for best in batched] == [[ids for ids, _ in best] for best in alone]
+    assert [s for best in batched for _, s in best] == pytest.approx([s for best in alone for _, s in best], rel=1e-5)
+    assert lm.training  # the mode it found
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_sampling_equals_one_by_one(tok, arch):
+    lm = make_lm(tok, layer_architecture=arch)
+    prompts = ["the quick brown", "", "a", tok("hello wor"), [tok.bos_id] + tok("xy"), torch.tensor(tok("lazy"))]
+    for kwargs in (dict(temperature=0), dict(seed=3), dict(seed=4, top_k=3), dict(seed=5, nucleus=0.8)):
+        batched = lm.sample(prompts, max_seq_len=22, **kwargs)
+        assert batched == [lm.sample(p, max_seq_len=22, **kwargs) for p in prompts]
+        assert len(set(batched)) == len(prompts)
+    # the same prompt twice with one seed gives the same sample twice; ids in, ids out
+    assert lm.sample(["ab", "ab"], seed=1, as_str=False) == [lm.sample("ab", seed=1, as_str=False)] * 2
+    assert lm.sample(tok("ab"), temperature=0) == lm.sample("ab", temperature=0)  # a list of ints is one prompt
+
+
+def test_batched_sampling_near_the_context_limit(tok):
+    """Padding a short prompt to a long one must not cost it tokens: such prompts go into separate batches."""
+    lm = make_lm(tok, layer_architecture="custom-transformer")
+    with torch.no_grad():
+        lm.out_proj.weight[tok.eos_id] = -10.0  # eos never wins: samples run to the context
+    prompts = ["the quick brown fox", "a"]
+    out = lm.sample(prompts, max_seq_len=1000, temperature=0, as_str=False)
+    assert [len(ids) for ids in out] == [24, 24]
+    assert out == [lm.sample(p, max_seq_len=1000, temperature=0, as_str=False) for p in prompts]
+
+
+def test_decoding_argument_errors(tok):
+    lm = make_lm(tok)
+    with pytest.raises(ValueError, match="beam_size must be an int >= 1"):
+        lm.beam_search("a", beam_size=0)
+    with pytest.raises(ValueError, match=r"n_best \(5\) cannot exceed beam_size \(4\)"):
+        lm.beam_search("a", n_best=5)
+    with pytest.raises(ValueError, match="n_best must be an int >= 1"):
+        lm.beam_search("a", n_best=0)
+    for name, value in (("temperature", 0.7), ("top_k", 5), ("nucleus", 0.9)):
+        with pytest.raises(ValueError, match=f"beam search is deterministic .* takes no {name}"):
+            lm.beam_search("a", **{name: value})
+    with pytest.raises(TypeError, match="did you mean 'beam_size'"):
+        lm.beam_search("a", beam_sizes=3)
+    with pytest.raises(ValueError, match="mixes token ids with prompts"):
+        lm.sample(["ab", 3])
+    with pytest.raises(ValueError, match="prompt 1: prefix of 31 tokens .* longer than the model's context"):
+        lm.sample(["ab", "a" * 30])
+    with pytest.raises(ValueError, match=r"prompt 0 token ids must be in \[0, "):
+        lm.sample([[999], [3]])
