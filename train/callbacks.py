@@ -120,11 +120,14 @@ class CtrlCStop(Callback):
         step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if not (step_done or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
             return
-        requested = self.requested
-        if trainer.world_size > 1:  # a Ctrl-C reaches the ranks at different moments: all stop at the same step
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-            self.requested = requested
-        if requested:
+        if trainer.world_size > 1:
+            # A Ctrl-C, or a stop decided by a callback before this one (NonFiniteLoss), may reach one rank
+            # only: every rank must stop at the same step, or the others would wait for it forever.
+            flags = torch.tensor([float(self.requested), float(trainer.should_stop)], device=pl_module.device)
+            flags = trainer.strategy.reduce(flags, reduce_op="sum").tolist()
+            self.requested = self.requested or flags[0] > 0
+            trainer.should_stop = trainer.should_stop or flags[1] > 0
+        if self.requested:
             trainer.should_stop = True
 
 

@@ -79,7 +79,8 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     ctrl_c = CtrlCStop()
     nonfinite = NonFiniteLoss(check_every=tp.hyperparams_log_freq, stop=tp.stop_on_nonfinite)
     full_weights = FullWeights()
-    all_callbacks: List[Callback] = [*callbacks, train_loader, ctrl_c, nonfinite, full_weights]
+    # ctrl_c after nonfinite (it makes their stops agree across ranks), and before the checkpoint
+    all_callbacks: List[Callback] = [*callbacks, train_loader, nonfinite, ctrl_c, full_weights]
     save_folder = None
     if getattr(args, "save", False):
         if is_rank_zero():
