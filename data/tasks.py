@@ -52,6 +52,10 @@ def check_task_name(name: str, data_path: Optional[Union[str, Path]] = None) -> 
     """Raise the unknown-task ValueError unless `name` is a task `get_data` knows (files are not read)."""
     if name in SYNTHETIC_TASKS or name in NATURAL_TASKS:
         return
+    if name.startswith("hf:"):  # a datasets dataset: found (or not) when the run loads it
+        if not name[len("hf:"):].partition(":")[0]:
+            raise ValueError('dataset_name="hf:" needs a dataset: "hf:NAME" or "hf:NAME:CONFIG" (a Hub id or a folder)')
+        return
     folder = find_data_path(data_path)
     if folder is None or not (folder / name).is_dir():
         raise ValueError(unknown_task_message(name, folder, describe_data_path(data_path)))

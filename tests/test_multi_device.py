@@ -171,5 +171,7 @@ def test_device_settings_are_checked_with_clear_errors():
         device_setup(TrainParams(strategy="deepspeed"), cuda=False)
     with pytest.raises(ValueError, match="lists of device numbers name GPUs"):
         device_setup(TrainParams(devices=[0, 1]), cuda=False)
-    with pytest.raises(ValueError, match="num_nodes must be a whole number >= 1"):
+    with pytest.raises(ValueError, match="num_nodes=0: must be a whole number >= 1"):
         device_setup(TrainParams(num_nodes=0), cuda=False)
+    with pytest.raises(ValueError, match=r"devices=\[0, 0\]: must be a count >= 1, a list of distinct GPU numbers"):
+        device_setup(TrainParams(devices=[0, 0]), cuda=True)

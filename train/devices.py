@@ -20,7 +20,8 @@ import torch.distributed as dist
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Sampler
 
-STRATEGIES = ("auto", "ddp", "fsdp")
+from train.train_params import check_device_params
+
 
 
 @dataclass
@@ -49,10 +50,7 @@ class DeviceSetup:
 def device_setup(tp: Any, gpu_ids: Optional[Sequence[int]] = None, cuda: Optional[bool] = None) -> DeviceSetup:
     """DeviceSetup from TrainParams (devices, strategy, num_nodes) and --gpu-id (a list overrides devices)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if tp.strategy not in STRATEGIES:
-        raise ValueError(f"TrainParams.strategy={tp.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if not isinstance(tp.num_nodes, int) or tp.num_nodes < 1:
-        raise ValueError(f"TrainParams.num_nodes must be a whole number >= 1, got {tp.num_nodes!r}")
+    check_device_params(tp)
     devices = list(gpu_ids) if gpu_ids and cuda else tp.devices
     if cuda:
         n_gpus = torch.cuda.device_count()

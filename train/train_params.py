@@ -38,6 +38,28 @@ class TrainParams:
     stop_on_nonfinite: bool = True  # stop (and mark the run diverged) when the training loss is nan/inf for 3 batches in a row
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+def check_device_params(tp: TrainParams) -> None:
+    """devices / strategy / num_nodes, as far as they can be checked without looking at the machine
+    (train/devices.py checks the rest when the run starts: GPUs present, FSDP on CUDA only)."""
+    devices = tp.devices
+    count = isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1
+    gpu_list = (isinstance(devices, list) and bool(devices) and len(set(devices)) == len(devices)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))
+    problems = []
+    if not (count or gpu_list or devices == "auto"):
+        problems.append(f"devices={devices!r}: must be a count >= 1, a list of distinct GPU numbers (in a config: "
+                        "devices=[[0, 1]], since a plain list sweeps), or \"auto\"")
+    if tp.strategy not in STRATEGIES:
+        problems.append(f"strategy={tp.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if not isinstance(tp.num_nodes, int) or isinstance(tp.num_nodes, bool) or tp.num_nodes < 1:
+        problems.append(f"num_nodes={tp.num_nodes!r}: must be a whole number >= 1")
+    if problems:
+        raise ValueError("bad TrainParams: " + "; ".join(problems))
+
+
 def check_train_params(tp: TrainParams) -> None:
     """Raise ValueError listing every bad setting (run before any data is loaded or model built)."""
     problems: List[str] = []
