@@ -7,6 +7,7 @@ from transformers import GPT2LMHeadModel
 from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
+from model.output_projection import LARGE_WEIGHT, OutputProjection
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_lm as make_tiny_lm
 from test_gpt2 import EOS, random_gpt2, tokenizer_folder
@@ -129,3 +130,16 @@ def test_decoding_argument_errors(tok):
         lm.sample(["ab", "a" * 30])
     with pytest.raises(ValueError, match=r"prompt 0 token ids must be in \[0, "):
         lm.sample([[999], [3]])
+
+
+def test_output_projection_products_agree():
+    """lm.out_proj computes weight @ h.T for a few rows on a CPU when the weight is large: the same logits."""
+    torch.manual_seed(0)
+    proj = OutputProjection(64, 70000, bias=False)
+    assert proj.weight.numel() >= LARGE_WEIGHT
+    for rows in (1, 2, 5, 8, 9):
+        h = torch.randn(rows, 1, 64)
+        expected = torch.nn.functional.linear(h, proj.weight)
+        with torch.no_grad():
+            assert torch.allclose(proj(h), expected, atol=1e-5)
+        assert torch.equal(proj(h), expected)  # with gradients it is F.linear itself
