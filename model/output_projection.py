@@ -22,7 +22,8 @@ class OutputProjection(nn.Linear):
         if (h.device.type != "cpu" or torch.is_grad_enabled() or rows > FEW_ROWS or self.bias is not None
                 or self.weight.numel() < LARGE_WEIGHT):
             return F.linear(h, self.weight, self.bias)
-        columns = h.reshape(rows, -1).t()
+        h_rows = h.reshape(rows, -1)
         if rows == 1:
-            columns = torch.cat((columns, columns), dim=1)
-        return torch.mm(self.weight, columns)[:, :rows].t().reshape(*h.shape[:-1], -1)
+            h_rows = torch.cat((h_rows, h_rows))
+        # h_rows.t() is a column-major view: BLAS' fast kernel for this product (a row-major copy is slow)
+        return torch.mm(self.weight, h_rows.t())[:, :rows].t().reshape(*h.shape[:-1], -1)
