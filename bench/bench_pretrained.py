@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_gpt2 import best_times, first_difference, hf_greedy, hf_perplexity, print_table  # noqa: E402
+from bench_gpt2 import best_times, hf_greedy, hf_perplexity  # noqa: E402
 from data.data_path import find_data_path  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 from pretrained import convert  # noqa: E402
@@ -72,9 +72,10 @@ def main() -> None:
     eos, name, hf_name = tokenizer.eos_id, "ours (custom-transformer)", "transformers generate"
     prompt = tokenizer(args.prompt)
     rows = []
+    # both write the full --new-tokens (no stop at eos), so they do the same work
     runs = {hf_name: lambda: hf_greedy(hf, [tokenizer.bos_id] + prompt, args.new_tokens, eos),
             name: lambda: lm.sample(pref=prompt, max_seq_len=len(prompt) + args.new_tokens, temperature=0,
-                                    as_str=False)[len(prompt):]}
+                                    as_str=False, stop_at_eos=False)[len(prompt):]}
     for run in runs.values():
         run()  # warm-up (and the full-length check below)
     timed = best_times(runs, args.repeats, device)
@@ -97,7 +98,17 @@ def main() -> None:
     for model_name, (seconds, ppl) in timed.items():
         close = abs(ppl - reference_ppl) <= 1e-4 * reference_ppl
         rows.append(("perplexity", model_name, n_tokens / seconds, f"ppl {ppl:.2f}" + ("" if close else " (DIFFERENT)")))
-    print_table(rows, args)
+    print(f"\nsampling: {args.new_tokens} new tokens, greedy, batch 1; perplexity: batch {args.ppl_batch} x "
+          f"{args.ppl_len} tokens; best of {args.repeats}")
+    print("| measurement | model | tokens/s | ours / HF | check |\n|---|---|---:|---:|---|")
+    for measurement, model_name, speed, check in rows:
+        reference = next(s for m, n, s, _ in rows if m == measurement and n.startswith("transformers"))
+        ratio = "" if model_name.startswith("transformers") else f"{speed / reference:.2f}x"
+        print(f"| {measurement} | {model_name} | {speed:.1f} | {ratio} | {check} |")
+
+
+def first_difference(a: list, b: list) -> int:
+    return next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
 
 
 if __name__ == "__main__":

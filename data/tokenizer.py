@@ -120,8 +120,9 @@ class Tokenizer:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def tokens(self, ids: Iterable[int]) -> List[str]:
-        """The token string of each id (for labels and `show_sample`)."""
-        return [self.hf.id_to_token(int(i)) for i in ids]
+        """The token string of each id (for labels and `show_sample`); "<id N>" for an id past the tokenizer's
+        own tokens (a pretrained model's padded vocabulary has them)."""
+        return [self.hf.id_to_token(int(i)) or f"<id {int(i)}>" for i in ids]
 
     def __len__(self) -> int:
         return self.vocab_size

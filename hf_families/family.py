@@ -31,6 +31,8 @@ class Family:
     # exporting: field -> (allowed values, why) that this family expresses; every other field must keep
     # its default (a field this family has no equivalent for)
     exports: Optional[Dict[str, Tuple[Sequence[Any], str]]] = None
+    # exporting: combinations of fields the family does not express ([] when fine)
+    export_combinations: Optional[Callable[[ModelParams], List[str]]] = None
 
     def is_ignored(self, name: str) -> bool:
         return any(re.search(pattern, name) for pattern in self.ignored)
@@ -49,7 +51,7 @@ class Family:
             elif value != field.default:
                 problems.append(f"{field.name}={value!r} (no {self.name} equivalent; only the default "
                                 f"{field.default!r} is)")
-        return problems
+        return problems + (self.export_combinations(mp) if self.export_combinations else [])
 
 
 ANY: Sequence[Any] = ("any",)  # an `exports` entry: every value of the field is expressed

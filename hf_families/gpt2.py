@@ -21,7 +21,7 @@ as the (fixed) values of wpe, and positional_encoding="none" as a zero wpe: the 
 """
 from typing import Any, List
 
-from hf_families.family import ANY, Family, config_value, refuse
+from hf_families.family import ANY, Family, refuse
 from hf_families.mapping import Rule, expand, transpose
 from model.model_params import ModelParams
 

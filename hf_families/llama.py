@@ -122,6 +122,12 @@ def export_config(mp: ModelParams, tokenizer: Any) -> Any:
         architectures=["Qwen3ForCausalLM" if mp.qk_norm else "LlamaForCausalLM"])
 
 
+def export_combinations(mp: ModelParams) -> List[str]:
+    if mp.qk_norm and mp.bias:
+        return ["qk_norm=True with bias=True (written as Qwen3, which has no feed-forward biases)"]
+    return []
+
+
 LLAMA = Family(
     name="Llama",
     model_types=("llama", "mistral", "qwen2", "qwen3"),
@@ -129,6 +135,7 @@ LLAMA = Family(
     rules=rules,
     ignored=(r"\.rotary_emb\.inv_freq$",),
     export_config=export_config,
+    export_combinations=export_combinations,
     exports={
         "layer_architecture": (("torch-transformer", "custom-transformer"), "Llama is a transformer"),
         "n_layers": (ANY, ""), "n_heads": (ANY, ""), "n_kv_heads": (ANY, ""), "dim": (ANY, ""), "dim_ff": (ANY, ""),

@@ -15,13 +15,14 @@ out_proj.weight (tied to embedding.weight when tie_embeddings). Token embeddings
 """
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.tokenizer import Tokenizer
+from model.hooks import HookPoint, Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
 from model.model_params import ModelParams
 from model.output_projection import OutputProjection
 from model.perplexity import perplexities
@@ -50,6 +51,8 @@ class LM(nn.Module):
         with torch.random.fork_rng(devices=[]):
             self.embedding = nn.Embedding(self.n_tokens, mp.dim)
             self.pos_embedding = nn.Embedding(mp.max_seq_len, mp.dim) if mp.positional_encoding == "learned" else None
+            self.hook_embed = HookPoint("hook_embed")  # identity modules marking activations (model/hooks.py)
+            self.hook_pos_embed = HookPoint("hook_pos_embed") if self.pos_embedding is not None else None
             if mp.positional_encoding == "sinusoidal":
                 self.register_buffer("pos_encoding", sinusoidal_positions(mp.max_seq_len, mp.dim), persistent=False)
             else:
@@ -166,12 +169,16 @@ class LM(nn.Module):
         """Token ids [batch, seq] at positions past..past+seq-1 -> input embeddings [batch, seq, dim].
         pad_left [batch] (left-padded rows, see KVCache): row r's positions start at its first real token.
         rope and alibi add nothing here: they act in the attention."""
-        h = self.embedding(x)
+        h = self.hook_embed(self.embedding(x))
         table = self.pos_embedding.weight if self.pos_embedding is not None else self.pos_encoding
-        if table is not None and pad_left is None:
-            h = h + table[past: past + x.shape[1]]
-        elif table is not None:  # per-row positions; padding (negative positions) reads position 0
-            h = h + table[token_positions(past, x.shape[1], pad_left, x.device).clamp(min=0)]
+        if table is not None:
+            if pad_left is None:
+                positions = table[past: past + x.shape[1]]
+            else:  # per-row positions; padding (negative positions) reads position 0
+                positions = table[token_positions(past, x.shape[1], pad_left, x.device).clamp(min=0)]
+            if self.pos_embedding is not None:  # learned positions have a hook point (model/hooks.py)
+                positions = self.hook_pos_embed(positions.expand_as(h))
+            h = h + positions
         return self.dropout(h)
 
     # ---- training ---------------------------------------------------------------------
@@ -203,7 +210,8 @@ class LM(nn.Module):
     def sample(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
                max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
                top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
-               stop_at_eos: bool = True) -> Union[str, List[int], List[Union[str, List[int]]]]:
+               stop_at_eos: bool = True, hooks: Optional[Hooks] = None,
+               ) -> Union[str, List[int], List[Union[str, List[int]]]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
@@ -218,12 +226,17 @@ class LM(nn.Module):
         sampling its prompt alone with the same seed (every row has its own generator seeded with seed).
         Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
         previous train/eval mode is restored), with a key/value cache.
+        hooks: as in run_with_hooks, applied at every decoding step. With the cache, a step's hook
+        tensors cover its new positions only (the whole prompt at the first step, then one token;
+        several prompts are left-padded to one batch, so that first step includes the padding).
         """
-        return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed, stop_at_eos)
+        with self.hooks(hooks):
+            return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed, stop_at_eos)
 
     def beam_search(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
                     beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0, n_best: int = 1,
-                    as_str: bool = True, stop_at_eos: bool = True, **unsupported: Any) -> Any:
+                    as_str: bool = True, stop_at_eos: bool = True, hooks: Optional[Hooks] = None,
+                    **unsupported: Any) -> Any:
         """The most likely continuations of `pref` by beam search, the same as transformers'
         generate(num_beams=beam_size, do_sample=False, length_penalty=length_penalty, early_stopping=True,
         num_return_sequences=n_best). Prefix, bos and length conventions as `sample`.
@@ -233,9 +246,11 @@ class LM(nn.Module):
         the hypothesis ended with it) / (number of new tokens) ** length_penalty. length_penalty > 0
         favours longer hypotheses. Search stops once beam_size hypotheses have ended (early stopping).
         pref may be a list of prompts (as in `sample`): then a list of those results comes back.
+        hooks: as in `sample` (the batch rows are then the beams).
         """
-        return beam_search(self, pref, beam_size, max_seq_len, length_penalty, n_best, as_str, stop_at_eos,
-                           **unsupported)
+        with self.hooks(hooks):
+            return beam_search(self, pref, beam_size, max_seq_len, length_penalty, n_best, as_str, stop_at_eos,
+                               **unsupported)
 
     def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
         """An empty key/value cache for `self(x, kv_cache=...)` with x of `batch_size` rows, one slot per
@@ -260,6 +275,30 @@ class LM(nn.Module):
         """
         return perplexities(self, data, per_token=per_token, before_exp=before_exp, dummy_res=dummy_res,
                             batch_size=batch_size)
+
+    # ---- looking inside: hook points (model/hooks.py lists the names and shapes) -----------
+    def hook_names(self) -> List[str]:
+        """Every hook point of this model (TransformerLens names, e.g. "blocks.0.attn.hook_pattern"),
+        in forward order; the same list on both layer paths."""
+        return hook_names(self)
+
+    def hooks(self, hooks: Optional[Hooks]) -> ContextManager[None]:
+        """`with lm.hooks({name: fn, ...}):` (or a list of (name, fn)) attaches fn(tensor, name) -> tensor
+        of the same shape or None (keep) for every call in the block: lm(x), perplexities, sample, training
+        steps. Removed on the way out, also when something raises."""
+        return hooks_attached(self, hooks)
+
+    def run_with_cache(self, x: InputIds, names: NameFilter = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """(logits as lm(x), {name: tensor}): the activations at every hook point, or at those in `names`
+        (a list), or at those a callable names(name) -> bool accepts. Tensors are detached, on the model's
+        device; only the asked-for ones are kept. Runs as lm(x) does (mode, gradients)."""
+        return run_with_cache(self, x, names)
+
+    def run_with_hooks(self, x: InputIds, hooks: Hooks) -> Tensor:
+        """lm(x) with hooks attached: a dict name -> fn or a list of (name, fn); fn(tensor, name) returns
+        a replacement of the same shape or None (keep). Returns the logits; the hooks are removed
+        afterwards, also when a hook raises."""
+        return run_with_hooks(self, x, hooks)
 
     # ---- helpers ------------------------------------------------------------------------
     @property

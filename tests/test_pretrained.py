@@ -42,6 +42,7 @@ def test_gpt2_through_get_pretrained_matches_transformers(gpt2_folder):
     assert not lm.training and lm.model_params.layer_architecture == "custom-transformer"
     assert lm.n_tokens == 50304 and lm.tokenizer.vocab_size == 50304  # the checkpoint's padded vocabulary
     assert (lm.tokenizer.bos_id, lm.tokenizer.eos_id, lm.tokenizer.pad_id) == (EOS, EOS, EOS)
+    assert lm.tokenizer.tokens([5779, 50300]) == ["Well", "<id 50300>"]  # an id only the model's vocabulary has
     check_all(lm, gpt2_folder, n_layers=3, n_heads=4)
 
 

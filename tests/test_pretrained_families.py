@@ -2,6 +2,7 @@
 classes (several layers and heads; GQA for Llama-likes, partial rotary and parallel residual for
 Pythia): logits, attention, embeddings, greedy samples, perplexities and tokenizer ids equal
 transformers' (pretrained_helpers.check_all). Then a Llama-shaped run trained here exports."""
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,10 @@ def test_export_names_the_fields_without_an_equivalent(tmp_path):
     assert "Llama: activation='geglu' (Llama's MLP is SwiGLU); rotary_frac=0.5 (Llama rotates every head dim)" in message
     assert "GPT-2: " in message and "norm='rmsnorm'" in message
     assert not (tmp_path / "out").exists()
+    lm = LM(ModelParams(n_layers=1, n_heads=2, dim=16, max_seq_len=16, qk_norm=True, **{**LLAMA_SHAPE, "bias": True}),
+            Tokenizer.train("char", TEXTS))
+    with pytest.raises(ValueError, match=r"qk_norm=True with bias=True \(written as Qwen3"):
+        export_hf(lm, tmp_path / "out")
 
 
 def test_pythia_hub_file_layout_loads(tmp_path):
@@ -87,3 +92,19 @@ def test_pythia_hub_file_layout_loads(tmp_path):
     x = torch.tensor([[0, 5, 9, 300, 7]])
     with torch.no_grad():
         torch.testing.assert_close(lm(x), hf(x).logits, atol=1e-4, rtol=0)
+
+
+def test_options_our_layer_does_not_compute_are_refused_before_loading(tmp_path):
+    """Only config.json is written: the refusal comes from the config, before any weight is read."""
+    from transformers import GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen3Config
+    size = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=1)
+    cases = {
+        "rope-scaling": (LlamaConfig(**size, rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_type='linear'"),
+        "wide-heads": (Qwen3Config(**size, head_dim=32), "head_dim=32 with 4 heads != hidden_size 64"),
+        "gelu-fast": (GPTNeoXConfig(**size, hidden_act="gelu_fast"), "hidden_act='gelu_fast'"),
+        "opt-350m": (OPTConfig(**size, word_embed_proj_dim=32, do_layer_norm_before=False), "project_in/project_out"),
+    }
+    for name, (config, message) in cases.items():
+        config.save_pretrained(tmp_path / name)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            get_pretrained(tmp_path / name)

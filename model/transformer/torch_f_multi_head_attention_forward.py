@@ -16,6 +16,7 @@ here"), using the static `model_params` (your ModelParams flag) or `attn_request
 `LM.forward` decided for this batch (None unless you set it there).
 """
 import math
+from types import SimpleNamespace
 from typing import Any, Optional, Tuple
 
 from torch import Tensor, nn
@@ -25,6 +26,10 @@ from model.model_params import ModelParams
 from model.transformer.kv_cache import LayerKVCache
 from model.transformer.masks import hidden_keys
 from model.transformer.positions import alibi_bias, apply_rope, rotary_dims, token_positions
+
+# identities in place of the hook points when the function is called without them
+NO_HOOKS = SimpleNamespace(**{name: lambda t: t for name in (
+    "hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")})
 
 
 def multi_head_attention_forward(
@@ -42,12 +47,15 @@ def multi_head_attention_forward(
     need_weights: bool = False,
     q_norm: Optional[nn.Module] = None,
     k_norm: Optional[nn.Module] = None,
+    hooks: Any = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Causal self-attention of x [batch, seq, dim].
 
     Returns (output [batch, seq, dim], attention weights [batch, heads, seq, keys] or None), where
     keys = seq, or earlier tokens + seq when a kv_cache holds the earlier tokens (sampling).
     q_norm, k_norm: the per-head norms of qk_norm (None without it).
+    hooks: the SelfAttention module, whose hook points (hook_q, ..., hook_z: model/hooks.py) mark the
+    intermediates; None calls none.
     """
     mp = model_params
     batch, seq, dim = x.shape
@@ -55,6 +63,7 @@ def multi_head_attention_forward(
     n_kv_heads = mp.n_kv_heads or n_heads
     past = kv_cache.length if kv_cache is not None else 0
     pad_left = kv_cache.pad_left if kv_cache is not None else None
+    hooks = hooks if hooks is not None else NO_HOOKS
 
     # 1. every token's query, key and value (one matmul; in_proj_weight stacks q, k, v)
     q, k, v = linear(x, in_proj_weight, in_proj_bias).split(
@@ -72,6 +81,10 @@ def multi_head_attention_forward(
     if mp.positional_encoding == "rope":
         q = apply_rope(q, query_positions, rotary_dims(mp), mp.rope_base)
         k = apply_rope(k, query_positions, rotary_dims(mp), mp.rope_base)
+    # 2d. hook points (model/hooks.py) see [batch, seq, heads, head_dim]: q, k, v after qk_norm and rope
+    q = hooks.hook_q(q.transpose(1, 2)).transpose(1, 2)
+    k = hooks.hook_k(k.transpose(1, 2)).transpose(1, 2)
+    v = hooks.hook_v(v.transpose(1, 2)).transpose(1, 2)
     # 3. sampling: also attend to the cached keys and values of the earlier tokens
     if kv_cache is not None:
         k, v = kv_cache.append(k, v)
@@ -93,11 +106,13 @@ def multi_head_attention_forward(
     if hidden is not None:
         attn_output_weights = attn_output_weights.masked_fill(hidden, float("-inf"))
     # Edit the scores here (masked entries are -inf and must stay -inf, e.g. scale by a positive number).
+    attn_output_weights = hooks.hook_attn_scores(attn_output_weights)
     attn_output_weights = softmax(attn_output_weights, dim=-1)
+    attn_output_weights = hooks.hook_pattern(attn_output_weights)
 
     # 6. each query's output: the values weighted by its attention, heads merged back to [batch, seq, dim]
     attn_output = dropout(attn_output_weights, p=dropout_p, training=training) @ v
-    attn_output = attn_output.transpose(1, 2).reshape(batch, seq, dim)
+    attn_output = hooks.hook_z(attn_output.transpose(1, 2)).reshape(batch, seq, dim)
     # 7. output projection
     attn_output = linear(attn_output, out_proj_weight, out_proj_bias)
     return attn_output, (attn_output_weights if need_weights else None)

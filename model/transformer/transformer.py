@@ -10,6 +10,7 @@ from typing import Any, List, Optional, Tuple
 
 from torch import Tensor, nn
 
+from model.hooks import HookPoint
 from model.model_params import ModelParams
 from model.transformer.kv_cache import KVCache
 from model.transformer.norms import make_norm
@@ -41,6 +42,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([make_layer() for _ in range(self.model_params.n_layers)])
         mp = self.model_params
         self.final_norm = make_norm(mp.dim, mp) if mp.final_norm else None
+        self.hook_ln_final = HookPoint("ln_final.hook_normalized") if mp.final_norm else None  # model/hooks.py
 
     @property
     def n_blocks(self) -> int:
@@ -74,5 +76,5 @@ class Transformer(nn.Module):
         if embeddings is not None:
             embeddings.append(x)
         if self.final_norm is not None:
-            x = self.final_norm(x)
+            x = self.hook_ln_final(self.final_norm(x))
         return x, embeddings, attns

@@ -12,6 +12,10 @@ ModelParams options and where they act: norm (norms.py: norm1, norm2, q/k norms)
 (feedforward.py; swiglu/geglu add the `gate` projection used in _ff_block), n_kv_heads, qk_norm,
 rope, alibi (in the attention function, torch_f_multi_head_attention_forward.py).
 
+Hook points (model/hooks.py) are identity modules on the named intermediates (self.hook_resid_pre,
+self.self_attn.hook_q, ...): keep them on the same values when you edit, and lm.run_with_cache /
+lm.run_with_hooks read and patch your variant too.
+
 Edit points: `_sa_block` (attention sublayer), `_ff_block` (feed-forward sublayer; its last
 line returns the sublayer's output), and the attention function itself in
 torch_f_multi_head_attention_forward.py. `self.model_params` carries your ModelParams flags.
@@ -21,6 +25,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from model.hooks import HookPoint
 from model.model_params import ModelParams
 from model.transformer.feedforward import ACTIVATIONS, ff_width, is_gated, make_activation  # noqa: F401 (re-exported)
 from model.transformer.kv_cache import LayerKVCache
@@ -54,6 +59,10 @@ class SelfAttention(nn.Module):
         self.q_norm = make_norm(head_dim, mp) if mp.qk_norm else None
         self.k_norm = make_norm(head_dim, mp) if mp.qk_norm else None
         nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention (LM.init_weights re-initialises)
+        # identity modules on the attention function's intermediates (model/hooks.py), in forward order
+        self.hook_q, self.hook_k, self.hook_v = HookPoint("attn.hook_q"), HookPoint("attn.hook_k"), HookPoint("attn.hook_v")
+        self.hook_attn_scores, self.hook_pattern = HookPoint("attn.hook_attn_scores"), HookPoint("attn.hook_pattern")
+        self.hook_z = HookPoint("attn.hook_z")
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
@@ -61,7 +70,7 @@ class SelfAttention(nn.Module):
             x, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
             n_heads=self.n_heads, dropout_p=self.dropout, training=self.training,
             model_params=self.model_params, attn_requests=attn_requests, kv_cache=kv_cache,
-            need_weights=need_weights, q_norm=self.q_norm, k_norm=self.k_norm)
+            need_weights=need_weights, q_norm=self.q_norm, k_norm=self.k_norm, hooks=self)
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -70,6 +79,14 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, model_params: ModelParams):
         super().__init__()
         mp = self.model_params = model_params
+        # hook points (model/hooks.py): identity modules naming the residual stream and the sublayers' values
+        self.hook_resid_pre, self.hook_ln1 = HookPoint("hook_resid_pre"), HookPoint("ln1.hook_normalized")
+        self.hook_attn_out = HookPoint("hook_attn_out")
+        self.hook_resid_mid = HookPoint("hook_resid_mid") if not mp.parallel_block else None  # no such stream there
+        self.hook_ln2, self.hook_mlp_pre = HookPoint("ln2.hook_normalized"), HookPoint("mlp.hook_pre")
+        self.hook_mlp_pre_linear = HookPoint("mlp.hook_pre_linear") if is_gated(mp) else None  # linear1's output
+        self.hook_mlp_post, self.hook_mlp_out = HookPoint("mlp.hook_post"), HookPoint("hook_mlp_out")
+        self.hook_resid_post = HookPoint("hook_resid_post")
         # registered in nn.TransformerEncoderLayer's order, so both paths draw the same initial weights
         self.self_attn = SelfAttention(mp)
         self.linear1 = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias)  # the "up" projection when gated
@@ -85,22 +102,23 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
-        resid_pre = x
+        resid_pre = self.hook_resid_pre(x)
         if self.model_params.parallel_block:  # both sublayers read the block's input (GPT-J, GPT-NeoX, Pythia)
-            attn_out, weights = self._sa_block(self.norm1(resid_pre), attn_requests, kv_cache, need_weights)
-            mlp_out = self._ff_block(self.norm2(resid_pre))
+            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(resid_pre)), attn_requests, kv_cache, need_weights)
+            attn_out = self.hook_attn_out(attn_out)
+            mlp_out = self.hook_mlp_out(self._ff_block(self.hook_ln2(self.norm2(resid_pre))))
             resid_post = resid_pre + attn_out + mlp_out
         elif self.model_params.norm_first:
-            attn_out, weights = self._sa_block(self.norm1(resid_pre), attn_requests, kv_cache, need_weights)
-            resid_mid = resid_pre + attn_out
-            mlp_out = self._ff_block(self.norm2(resid_mid))
+            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(resid_pre)), attn_requests, kv_cache, need_weights)
+            resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
+            mlp_out = self.hook_mlp_out(self._ff_block(self.hook_ln2(self.norm2(resid_mid))))
             resid_post = resid_mid + mlp_out
-        else:
+        else:  # post-LN: the norms' outputs are the residual stream (ln1 = resid_mid, ln2 = resid_post)
             attn_out, weights = self._sa_block(resid_pre, attn_requests, kv_cache, need_weights)
-            resid_mid = self.norm1(resid_pre + attn_out)
-            mlp_out = self._ff_block(resid_mid)
-            resid_post = self.norm2(resid_mid + mlp_out)
-        return resid_post, weights
+            resid_mid = self.hook_resid_mid(self.hook_ln1(self.norm1(resid_pre + self.hook_attn_out(attn_out))))
+            mlp_out = self.hook_mlp_out(self._ff_block(resid_mid))
+            resid_post = self.hook_ln2(self.norm2(resid_mid + mlp_out))
+        return self.hook_resid_post(resid_post), weights
 
     def _sa_block(self, x: Tensor, attn_requests: Any, kv_cache: Optional[LayerKVCache],
                   need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
@@ -109,8 +127,9 @@ class TransformerEncoderLayer(nn.Module):
 
     def _ff_block(self, x: Tensor) -> Tensor:
         if self.gate is not None:  # swiglu / geglu: the activated gate scales the up projection
-            hidden = self.activation(self.gate(x)) * self.linear1(x)
+            hidden = self.activation(self.hook_mlp_pre(self.gate(x))) * self.hook_mlp_pre_linear(self.linear1(x))
         else:
-            hidden = self.activation(self.linear1(x))
+            hidden = self.activation(self.hook_mlp_pre(self.linear1(x)))
+        hidden = self.hook_mlp_post(hidden)
         x = self.linear2(self.dropout_act(hidden))
         return self.dropout_ff(x)
