@@ -205,6 +205,12 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
     if args.dry_run:
         return []
 
+    if args.parallel or args.slurm:  # each run in its own process or job: train/launch.py
+        from train.launch import launch_runs
+        namers = [Namer(run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"], args,
+                        varying=run.varying, config_name=run.config_name) for run in runs]
+        return launch_runs(namers, [describe_run(run) for run in runs], args)
+
     from train.run import run_training  # heavy (torch, lightning): imported only when training
 
     results: List[Dict[str, Any]] = []
@@ -340,9 +346,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb-proj-name", help=f"wandb project (default: {MAIN_PROJ}-{{config}}-{{task}})")
     parser.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"),
                         help="wandb user or team (default: env WANDB_ENTITY, now %(default)s)")
-    parser.add_argument("--gpu-id", type=int, default=None, metavar="N",
-                        help="CUDA device to train on (default: 0 when CUDA is present); without CUDA the run "
-                             "says so and uses the CPU")
+    parser.add_argument("--gpu-id", type=gpu_ids, default=None, metavar="N[,N...]",
+                        help="CUDA device(s) to train on, e.g. 0 or 0,1 (several: one process per GPU, DDP; "
+                             "with --parallel, the GPUs the runs share round robin). Default: 0 when CUDA is "
+                             "present; without CUDA the run says so and uses the CPU")
+    parser.add_argument("--parallel", type=positive_int, default=None, metavar="N",
+                        help="run the runs N at a time, each in its own process (output in {save folder}.log); "
+                             "exit code = number of failed runs")
+    parser.add_argument("--slurm", action="store_true",
+                        help="submit each run as a SLURM job through submitit (without SLURM: run them here)")
+    parser.add_argument("--slurm-partition", help="SLURM partition of the jobs (default: the cluster's)")
+    parser.add_argument("--slurm-time", default="60", metavar="TIME",
+                        help="time limit per job: minutes or HH:MM:SS (default: %(default)s minutes)")
+    parser.add_argument("--slurm-gpus-per-run", type=int, default=0, metavar="N",
+                        help="GPUs per job (default: %(default)s)")
     parser.add_argument("--ablate", action="store_true",
                         help="after each run, also run its ablations (defined in run_all in main.py)")
     parser.add_argument("--compare", metavar="CONFIG",
@@ -357,6 +374,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-params", action="store_true",
                         help="list every field of DataParams, ModelParams, TrainParams and exit")
     return parser
+
+
+def gpu_ids(text: str) -> List[int]:
+    """--gpu-id: "0" or "0,1" -> [0] or [0, 1]."""
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give GPU numbers separated by commas, e.g. 0 or 0,1") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU numbers must be distinct and >= 0")
+    return ids
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return int(text)
 
 
 def export_run(run: str, out_folder: str, save_dir: Optional[str] = None) -> None:
@@ -401,6 +435,9 @@ def compare_saved_runs(args: argparse.Namespace) -> List[Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
+    from train.launch import launched_rank
+    if launched_rank() != 0:  # one of several training processes (DDP): rank 0 alone prints; errors still show
+        sys.stdout = open(os.devnull, "w")
     try:
         if args.list_params:
             print(format_params_list())
@@ -418,10 +455,24 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             raise ConfigError(f"--resume continues one run, but --config={args.config} with these flags makes "
                               f"{len(runs)} run(s){' plus ablations' if args.ablate else ''}; "
                               f"resume them one at a time.")
+        if args.resume and (args.parallel or args.slurm):
+            raise ConfigError("--resume continues one run in this process: drop --parallel / --slurm")
+        if args.parallel and args.slurm:
+            raise ConfigError("--parallel runs on this machine and --slurm submits jobs: choose one")
+        if args.slurm:
+            from train.launch import slurm_minutes
+            try:
+                slurm_minutes(args.slurm_time)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    return run_all(runs, args)
+    results = run_all(runs, args)
+    failed = sum(isinstance(r, dict) and r.get("status") == "failed" for r in results)
+    if failed:  # --parallel / --slurm: the exit code is the number of failed runs
+        sys.exit(min(failed, 125))
+    return results
 
 
 if __name__ == "__main__":

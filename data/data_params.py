@@ -10,7 +10,8 @@ from typing import Optional
 
 @dataclass
 class DataParams:
-    dataset_name: str = "ptb"  # task: ptb, shakespeare, wikitext-2, a synthetic task (copy, sort, ...) or a folder {data path}/{name}/
+    dataset_name: str = "ptb"  # task: ptb, shakespeare, wikitext-2, wikitext-103, "hf:NAME[:CONFIG]" (a datasets dataset), a synthetic task (copy, sort, ...) or a folder {data path}/{name}/
+    text_column: str = "text"  # hf:NAME datasets: the column holding the text
     max_seq_len: int = 64  # tokens the model reads per sample (a stream block holds one more token, the last target)
     sample_mode: str = "auto"  # "lines" (one sample per line, padded), "stream" (text cut into max_seq_len blocks) or "auto" (the task's default)
     tokenizer: str = "auto"  # "char", "word", "bpe", "gpt2", a path to a tokenizer.json, or "auto" (the task's default)
@@ -22,6 +23,7 @@ class DataParams:
     split_seed: int = 0  # seed of the deterministic split for corpora without their own
     max_train_samples: Optional[int] = None  # keep only the first N training samples (lines or blocks); None keeps all
     max_eval_samples: Optional[int] = None  # keep only the first N validation and test samples; None keeps all
+    memmap: bool = True  # natural text: read batches from the memory-mapped token cache (flat memory); False loads each split into RAM
     # synthetic tasks
     n_train_samples: int = 10000  # synthetic: training samples generated
     n_eval_samples: int = 500  # synthetic: samples in each validation / test set

@@ -6,8 +6,10 @@
 
 All the work happens in `__init__` (no Trainer needed): `get_data` gives the task's text, the
 tokenizer is trained on the training split (or loaded from the cache, or given), every split is
-tokenized once (or loaded from the cache), and the ids become padded sample tensors (`samples.py`).
-Batches then come from one tensor index each. A batch holds "x_indices" (right-padded with
+tokenized once into memory-mapped token files (or found in the cache, `token_cache.py`). Natural text
+is then read from those files batch by batch (`token_windows.py`; with DataParams.memmap=False it is
+loaded into padded tensors instead, `samples.py`), synthetic tasks become padded tensors. Batches
+come from one index each. A batch holds "x_indices" (right-padded with
 pad_id), "mask" (True on real tokens) and, for synthetic tasks with loss_on_targets_only,
 "target_mask" (True on the tokens that count as targets).
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import lightning
+import numpy as np
 import tokenizers
 import torch
 from torch.utils.data import DataLoader
@@ -22,10 +25,12 @@ from torch.utils.data import DataLoader
 from .data_params import DataParams
 from .data_path import cache_dir as resolve_cache_dir
 from .data_path import find_data_path
-from .samples import Batch, Ragged, TokenSamples, line_samples, mycollate, stream_samples, synthetic_samples
+from .samples import Batch, TokenSamples, line_samples, mycollate, stream_samples, synthetic_samples
 from .task_data import TaskData
 from .tasks import get_data
-from .token_cache import cached_token_ids, cached_tokenizer
+from .token_cache import cached_token_files, cached_tokenizer
+from .token_file import TokenFile
+from .token_windows import TokenWindows
 from .tokenizer import Tokenizer
 
 __all__ = ["DataParams", "LMDataModule", "TaskData", "get_data", "mycollate"]
@@ -45,7 +50,7 @@ class LMDataModule(lightning.LightningDataModule):
     tokenizer: None trains (or loads from the cache) the one DataParams asks for; pass one to
         reuse it (e.g. a saved run's). seed: the order in which the training samples are shuffled.
     Attributes: tokenizer, val_names (e.g. ["main", "long"]), sample_mode ("stream", "lines" or
-    "synthetic"), datasets ({"train", "val:<name>", "test"} -> TokenSamples), data_params.
+    "synthetic"), datasets ({"train", "val:<name>", "test"} -> TokenWindows or TokenSamples), data_params.
     """
 
     def __init__(self, data_params: DataParams, batch_size: int = 32, tokenizer: Optional[Tokenizer] = None,
@@ -75,8 +80,8 @@ class LMDataModule(lightning.LightningDataModule):
                            if task.synthetic else splits["train"])
             tokenizer = self._make_tokenizer(train_lines)
         self.tokenizer = tokenizer
-        ids = cached_token_ids(texts, self.tokenizer, p.dataset_name, self.cache_dir)
-        self.datasets: Dict[str, TokenSamples] = {}
+        ids = cached_token_files(texts, self.tokenizer, p.dataset_name, self.cache_dir)
+        self.datasets: Dict[str, Union[TokenWindows, TokenSamples]] = {}
         cut: Dict[str, int] = {}  # lines mode: split -> lines longer than max_seq_len, cut to fit
         for split in splits:
             limit = p.max_train_samples if split == "train" else p.max_eval_samples
@@ -85,7 +90,8 @@ class LMDataModule(lightning.LightningDataModule):
             if len(self.datasets[split]) == 0:
                 raise ValueError(f"{p.dataset_name}: split {split} has no samples (are all its lines empty?)")
             if self.sample_mode == "lines" and same_as[split] == split:
-                lengths = ids[split].lengths[ids[split].lengths > 0][:limit]  # the lines kept as samples
+                lengths = np.asarray(ids[split].line_lengths)
+                lengths = lengths[lengths > 0][:limit]  # the lines kept as samples
                 cut[split] = int((lengths + 2 > p.max_seq_len + 1).sum())
         if any(cut.values()):
             counts = ", ".join(f"{n:,} of {len(self.datasets[split]):,} in {split}" for split, n in cut.items() if n)
@@ -124,14 +130,16 @@ class LMDataModule(lightning.LightningDataModule):
             lambda: Tokenizer.train(kind, train_lines, p.vocab_size, p.min_count, p.lowercase),
             {"train": train_lines}, settings, p.dataset_name, self.cache_dir)
 
-    def _samples(self, ids: Dict[str, Ragged], split: str) -> TokenSamples:
+    def _samples(self, ids: Dict[str, TokenFile], split: str) -> Union[TokenWindows, TokenSamples]:
         p, eos = self.data_params, self.tokenizer.eos_id
         if self.sample_mode == "synthetic":
-            return synthetic_samples(ids[f"{split}.prompt"], ids[f"{split}.target"], eos, p.max_seq_len,
-                                     p.loss_on_targets_only, f"{p.dataset_name} {split}")
-        if self.sample_mode == "stream":
-            return stream_samples(ids[split], eos, p.max_seq_len)
-        return line_samples(ids[split], eos, p.max_seq_len)
+            return synthetic_samples(ids[f"{split}.prompt"].ragged(), ids[f"{split}.target"].ragged(), eos,
+                                     p.max_seq_len, p.loss_on_targets_only, f"{p.dataset_name} {split}")
+        if p.memmap:
+            windows = TokenWindows.stream if self.sample_mode == "stream" else TokenWindows.lines
+            return windows(ids[split], eos, p.max_seq_len)
+        in_memory = stream_samples if self.sample_mode == "stream" else line_samples
+        return in_memory(ids[split].ragged(), eos, p.max_seq_len)
 
     # ---- using ------------------------------------------------------------------------------
     def train_dataloader(self, batch_size: Optional[int] = None) -> DataLoader:

@@ -4,12 +4,14 @@ Each loader returns a `TaskData` of lines (no newline characters). Local files i
 come first; PTB and WikiText fall back to a download through Hugging Face `datasets`
 (`load_dataset`, cached under the cache folder), and say where they looked when both fail.
 """
+import difflib
 import os
 import random
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .line_sources import DatasetColumnLines, TextFileLines
 from .task_data import TaskData
 
 # PTB: the Hub's `ptb_text_only` is a loading script, which `datasets` >= 4 no longer runs.
@@ -40,19 +42,33 @@ def read_lines(path: Path) -> List[str]:
 
 
 def load_with_datasets(path: str, cache_dir: Path, name: Optional[str] = None,
-                       data_files: Optional[Dict[str, str]] = None, column: str = "text") -> Dict[str, List[str]]:
-    """`datasets.load_dataset(path, name, data_files)` -> {"train", "valid", "test"} lines.
+                       data_files: Optional[Dict[str, str]] = None, column: str = "text",
+                       rstrip_spaces: bool = False, need_test: bool = True) -> Dict[str, DatasetColumnLines]:
+    """`datasets.load_dataset(path, name, data_files)` -> {"train", "valid", "test"}: the text column of
+    each split, read lazily from datasets' memory-mapped Arrow files (see line_sources.py).
 
-    `path` is a Hub id, a local folder of data files, or a builder name such as "text"."""
+    `path` is a Hub id, a local folder of data files, or a builder name such as "text". Without
+    `need_test`, a dataset without a test split uses its validation split as test."""
     import datasets  # heavy import, only for the tasks that need it
 
     loaded = datasets.load_dataset(path, name, data_files=data_files, cache_dir=str(cache_dir / "hf-datasets"))
     renames = {"validation": "valid", "val": "valid", "dev": "valid"}
     splits = {renames.get(split, split): loaded[split] for split in loaded}
+    if not need_test and "test" not in splits and "valid" in splits:
+        splits["test"] = splits["valid"]
     missing = {"train", "valid", "test"} - set(splits)
     if missing:
-        raise ValueError(f"{path} has splits {sorted(loaded)}; need train, validation and test")
-    return {split: [_strip_newline(row) for row in ds[column]] for split, ds in splits.items()}
+        raise ValueError(f"{path} has splits {sorted(loaded)}; need train, validation"
+                         f"{' and test' if need_test else ' (test is optional)'}")
+    columns = splits["train"].column_names
+    if column not in columns:
+        close = difflib.get_close_matches(column, columns, n=1)
+        raise ValueError(f"{path} has no column {column!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"its columns are {', '.join(columns)}: set DataParams.text_column to the one holding the text")
+    lines = {split: DatasetColumnLines(ds, column, rstrip_spaces) for split, ds in splits.items()}
+    if splits["test"] is splits["valid"]:
+        lines["test"] = lines["valid"]
+    return lines
 
 
 def _offline_note() -> str:
@@ -111,7 +127,7 @@ def ptb(data_folder: Optional[Path], where: str, cache_dir: Path) -> TaskData:
         return _ptb_task(lines, str(folder))
     urls = {split: PTB_REMOTE_URL + f for split, f in PTB_FILES.items()}
     try:
-        lines = load_with_datasets("text", cache_dir, data_files=urls)
+        lines = {split: list(rows) for split, rows in load_with_datasets("text", cache_dir, data_files=urls).items()}
     except Exception as e:  # offline, blocked, moved: say where we looked and how to fix it
         looked = f"{local}/ and {kept}/" if local is not None else f"{kept}/ ({where})"
         raise FileNotFoundError(
@@ -159,7 +175,7 @@ def wikitext(name: str, data_folder: Optional[Path], where: str, cache_dir: Path
     if local is not None and local.is_dir():
         folder = local / config if (local / config).is_dir() else local
         try:
-            lines = load_with_datasets(str(folder), cache_dir)
+            lines = load_with_datasets(str(folder), cache_dir, rstrip_spaces=True)
         except Exception as e:
             raise ValueError(f"{name}: could not read the local copy {folder} through datasets "
                              f"({type(e).__name__}: {e}). It should hold the {config} files with a 'text' "
@@ -168,7 +184,7 @@ def wikitext(name: str, data_folder: Optional[Path], where: str, cache_dir: Path
         source = str(folder)
     else:
         try:
-            lines = load_with_datasets(hub_id, cache_dir, name=config)
+            lines = load_with_datasets(hub_id, cache_dir, name=config, rstrip_spaces=True)
         except Exception as e:
             raise FileNotFoundError(
                 f"{name}: no local copy ({local or where}) and loading {hub_id} ({config}) through datasets"
@@ -178,24 +194,48 @@ def wikitext(name: str, data_folder: Optional[Path], where: str, cache_dir: Path
                 f"https://huggingface.co/datasets/{hub_id}/tree/main/{config}) into {{data folder}}/{name}/."
             ) from e
         source = f"{hub_id} ({config})"
-    # rows are " text \n": drop the trailing space too, or BPE spends a token on it in every line
-    lines = {split: [line.rstrip(" ") for line in rows] for split, rows in lines.items()}
+    # rows are " text \n": rstrip_spaces drops the trailing space too, or BPE spends a token on it in every line
     return TaskData(train=lines["train"], val={"main": lines["valid"]}, test=lines["test"],
                     tokenizer="bpe", sample_mode="stream", source=source)
+
+
+def hf_dataset(spec: str, text_column: str, data_folder: Optional[Path], cache_dir: Path) -> TaskData:
+    """`dataset_name="hf:NAME[:CONFIG]"`: any `datasets` dataset with a text column (`text_column`),
+    read lazily (never all in memory). NAME is a local folder of data files (a path, or a folder in
+    the data folder) or a Hub id. Needs train and validation splits; test defaults to validation."""
+    name, _, config = spec.partition(":")
+    if not name:
+        raise ValueError('dataset_name="hf:" needs a dataset: "hf:NAME" or "hf:NAME:CONFIG" (a Hub id or a folder)')
+    local = next((f for f in (Path(name).expanduser(), data_folder / name if data_folder else None)
+                  if f is not None and f.is_dir()), None)
+    path = str(local) if local is not None else name
+    try:
+        lines = load_with_datasets(path, cache_dir, name=config or None, column=text_column, need_test=False)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise FileNotFoundError(
+            f"hf:{spec}: loading {path!r}{f' ({config})' if config else ''} through datasets{_offline_note()} "
+            f"failed: {type(e).__name__}: {e}\nFix: check the name (a Hub id such as Salesforce/wikitext, "
+            f"or a folder of train/validation data files), or allow network access once (it is cached)."
+        ) from e
+    return TaskData(train=lines["train"], val={"main": lines["valid"]}, test=lines["test"],
+                    tokenizer="bpe", sample_mode="stream", source=f"{path}{f' ({config})' if config else ''}")
 
 
 def custom_folder(folder: Path, val_frac: float, test_frac: float, split_seed: int) -> TaskData:
     """{data folder}/{name}/: train.txt + valid.txt (+ test.txt), or data.txt split at random.
 
     One sample per line (lines mode). Tokenizer "auto": word-level, or char-level when no line
-    holds more than one whitespace-separated word."""
+    holds more than one whitespace-separated word. train/valid/test.txt are read lazily (never all
+    in memory: they may be larger than RAM); data.txt is read whole, to split it at random."""
     if (folder / "train.txt").is_file():
         valid = next((folder / f for f in VALID_FILE_NAMES if (folder / f).is_file()), None)
         if valid is None:
             raise FileNotFoundError(f"{folder} has train.txt but no {' / '.join(VALID_FILE_NAMES)}; "
                                     "add one (test.txt is optional and defaults to it), or use a single data.txt")
-        train, val = read_lines(folder / "train.txt"), read_lines(valid)
-        test = read_lines(folder / "test.txt") if (folder / "test.txt").is_file() else val
+        train, val = TextFileLines(folder / "train.txt"), TextFileLines(valid)
+        test = TextFileLines(folder / "test.txt") if (folder / "test.txt").is_file() else val
     elif (folder / "data.txt").is_file():
         train, val, test = split_shuffled(read_lines(folder / "data.txt"), val_frac, test_frac, split_seed)
     else:

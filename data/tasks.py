@@ -41,6 +41,8 @@ def get_data(data_params: DataParams, data_path: Optional[Union[str, Path]] = No
         return natural.shakespeare(folder, where, p.val_frac, p.test_frac)
     if name in natural.WIKITEXT_HUB:
         return natural.wikitext(name, folder, where, resolve_cache_dir(cache_dir))
+    if name.startswith("hf:"):
+        return natural.hf_dataset(name[len("hf:"):], p.text_column, folder, resolve_cache_dir(cache_dir))
     if folder is not None and (folder / name).is_dir():
         return natural.custom_folder(folder / name, p.val_frac, p.test_frac, p.split_seed)
     raise ValueError(unknown_task_message(name, folder, where))
@@ -50,6 +52,10 @@ def check_task_name(name: str, data_path: Optional[Union[str, Path]] = None) -> 
     """Raise the unknown-task ValueError unless `name` is a task `get_data` knows (files are not read)."""
     if name in SYNTHETIC_TASKS or name in NATURAL_TASKS:
         return
+    if name.startswith("hf:"):  # a datasets dataset: found (or not) when the run loads it
+        if not name[len("hf:"):].partition(":")[0]:
+            raise ValueError('dataset_name="hf:" needs a dataset: "hf:NAME" or "hf:NAME:CONFIG" (a Hub id or a folder)')
+        return
     folder = find_data_path(data_path)
     if folder is None or not (folder / name).is_dir():
         raise ValueError(unknown_task_message(name, folder, describe_data_path(data_path)))
@@ -57,7 +63,7 @@ def check_task_name(name: str, data_path: Optional[Union[str, Path]] = None) -> 
 
 def task_names(data_folder: Optional[Path] = None) -> List[str]:
     """Every dataset_name that works: built-in corpora, synthetic tasks, folders in the data folder."""
-    return [*NATURAL_TASKS, *sorted(SYNTHETIC_TASKS), *natural.custom_task_names(data_folder)]
+    return [*NATURAL_TASKS, *sorted(SYNTHETIC_TASKS), *natural.custom_task_names(data_folder), "hf:NAME[:CONFIG]"]
 
 
 def unknown_task_message(name: str, folder: Optional[Path], where: str) -> str:

@@ -3,31 +3,34 @@
 Everything lives in the cache folder (env LM_CACHE_DIR, default ~/.cache/lm-scaffold), never in
 the data folder:
   tokenizers/{task}-{kind}-{key}.json   key: hash of the training text + tokenizer settings
-  tokens/{task}-{key}.safetensors       key: hash of every split's text + the tokenizer itself
+  tokens/{task}-{key}/                  key: hash of every split's text + the tokenizer itself;
+                                        one memory-mapped token file per split (data/token_file.py)
 Keys hash content, not file names or dates, so an edited data file or a changed split gets new
 entries, and an unchanged one is found again. Deleting the folder is always safe.
 """
 import hashlib
 import json
 import os
+import re
+import shutil
+import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable
 
-from safetensors.torch import load_file, save_file
+import numpy as np
 
-from .samples import Ragged
+from .line_sources import lines_fingerprint
+from .token_file import TokenFile, token_dtype, write_token_file
 from .tokenizer import Tokenizer
 
-CACHE_VERSION = 1  # bump when the cached layout or the meaning of cached ids changes
+CACHE_VERSION = 2  # bump when the cached layout or the meaning of cached ids changes
 
 
-def texts_fingerprint(texts: Dict[str, List[str]]) -> str:
-    """sha256 of named lists of lines (names, counts and contents)."""
+def texts_fingerprint(texts: Dict[str, Iterable[str]]) -> str:
+    """sha256 of named splits of lines (lists or lazy sources, see data/line_sources.py)."""
     h = hashlib.sha256()
     for name in sorted(texts):
-        h.update(f"{name}\0{len(texts[name])}\0".encode())
-        h.update("\n".join(texts[name]).encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
+        h.update(f"{name}\0{lines_fingerprint(texts[name])}\0".encode())
     return h.hexdigest()
 
 
@@ -38,6 +41,11 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
 
 def _key(**parts) -> str:
     return hashlib.sha256(json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_label(name: str) -> str:
+    """A task name as the start of a cache file name ("hf:user/set:cfg" -> "hf_user_set_cfg")."""
+    return re.sub(r"[^\w.\-]", "_", name)
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -51,17 +59,12 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def encode_ragged(tokenizer: Tokenizer, lines: List[str]) -> Ragged:
-    """Tokenize lines (batched, in Rust) into one flat tensor. The only tokenization of split data."""
-    return Ragged.from_lists(tokenizer(list(lines)) if lines else [])
-
-
-def cached_tokenizer(train: Callable[[], Tokenizer], train_texts: Dict[str, List[str]], settings: dict,
+def cached_tokenizer(train: Callable[[], Tokenizer], train_texts: Dict[str, Iterable[str]], settings: dict,
                      label: str, cache_dir: Path) -> Tokenizer:
     """Load the tokenizer that `train()` would build from `train_texts` with `settings`, or build
     and store it."""
     key = _key(texts=texts_fingerprint(train_texts), **settings)
-    path = cache_dir / "tokenizers" / f"{label}-{settings.get('kind', 'tok')}-{key}.json"
+    path = cache_dir / "tokenizers" / f"{cache_label(label)}-{settings.get('kind', 'tok')}-{key}.json"
     if path.is_file():
         try:
             return Tokenizer.load(path)
@@ -72,21 +75,40 @@ def cached_tokenizer(train: Callable[[], Tokenizer], train_texts: Dict[str, List
     return tokenizer
 
 
-def cached_token_ids(texts: Dict[str, List[str]], tokenizer: Tokenizer, label: str,
-                     cache_dir: Path) -> Dict[str, Ragged]:
-    """The token ids of every named list of lines, from the cache or tokenized once and stored."""
+def cached_token_files(texts: Dict[str, Iterable[str]], tokenizer: Tokenizer, label: str,
+                       cache_dir: Path) -> Dict[str, TokenFile]:
+    """The memory-mapped token file of every named split, from the cache or tokenized once (streamed,
+    a chunk at a time) and stored. The folder is written under a temporary name and renamed when
+    complete, so a crash or a parallel run never leaves a half-written entry."""
     key = _key(texts=texts_fingerprint(texts), tokenizer=tokenizer_fingerprint(tokenizer))
-    path = cache_dir / "tokens" / f"{label}-{key}.safetensors"
-    if path.is_file():
+    folder = cache_dir / "tokens" / f"{cache_label(label)}-{key}"
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
         try:
-            tensors = load_file(str(path))
-            return {name: Ragged(tensors[f"{name}/ids"], tensors[f"{name}/offsets"]) for name in texts}
+            meta = json.loads(meta_path.read_text())
+            files = {name: TokenFile(folder, name, np.dtype(meta["dtype"])) for name in texts}
+            if all(len(f.tokens) == meta["n_tokens"][name] for name, f in files.items()):
+                return files
+            print(f"ignoring incomplete token cache {folder}")
         except Exception as e:
-            print(f"ignoring unreadable token cache {path}: {e}")
-    print(f"tokenizing {label} ({', '.join(f'{n}: {len(t)} lines' for n, t in texts.items())}); "
-          f"caching the ids in {path}")
-    ragged = {name: encode_ragged(tokenizer, lines) for name, lines in texts.items()}
-    tensors = {f"{name}/{field}": getattr(r, field).contiguous()
-               for name, r in ragged.items() for field in ("ids", "offsets")}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"task": label}))
-    return ragged
+            print(f"ignoring unreadable token cache {folder}: {e}")
+    print(f"tokenizing {label} ({', '.join(texts)}); caching the ids in {folder}", flush=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        start, n_tokens, summary, dtype = time.perf_counter(), {}, [], token_dtype(tokenizer.vocab_size)
+        for name, lines in texts.items():
+            token_file, n_lines = write_token_file(tmp, name, lines, tokenizer)
+            n_tokens[name] = len(token_file.tokens)
+            summary.append(f"{name}: {n_lines} lines, {n_tokens[name]} tokens")
+        (tmp / "meta.json").write_text(json.dumps({"task": label, "dtype": dtype.name, "n_tokens": n_tokens}))
+        if folder.exists():  # an unreadable entry, or a parallel run finished first
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # a parallel run has just stored the same entry
+            pass
+        print(f"tokenized {'; '.join(summary)} in {time.perf_counter() - start:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {name: TokenFile(folder, name, dtype) for name in texts}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import natural, token_cache
+from data import natural, token_file
 from data.dataloader import DataParams, LMDataModule, get_data, mycollate
 from data.tokenizer import Tokenizer
 
@@ -25,7 +25,7 @@ def no_tokenizing(monkeypatch):
     """Make any tokenizer training or split tokenization fail loudly."""
     def boom(*args, **kwargs):
         raise AssertionError("tokenized or trained again although the cache holds the result")
-    monkeypatch.setattr(token_cache, "encode_ragged", boom)
+    monkeypatch.setattr(token_file, "encode_chunk", boom)
     monkeypatch.setattr(Tokenizer, "train", boom)
 
 
@@ -44,7 +44,8 @@ def test_ptb_stream_token_counts(ptb):
         # every token after the leading <eos> is predicted exactly once: words plus one <eos> per line
         assert int((ds.lengths - 1).sum()) == n_tokens
         assert (ds.lengths[:-1] == L + 1).all() and 2 <= ds.lengths[-1] <= L + 1
-        assert torch.equal(ds.ids[:-1, -1], ds.ids[1:, 0])  # windows overlap by one token
+        x = ds.__getitems__(range(len(ds)))["x_indices"]
+        assert torch.equal(x[:-1, -1], x[1:, 0])  # windows overlap by one token
     first = ptb.datasets["train"][0].tolist()
     line0 = ptb.tokenizer(get_data(DataParams(dataset_name="ptb")).train[0])
     assert first[:len(line0) + 2] == [ptb.tokenizer.eos_id] + line0 + [ptb.tokenizer.eos_id]
@@ -59,7 +60,7 @@ def test_ptb_second_build_uses_cache_and_lines_mode(ptb, monkeypatch):
     line0 = get_data(DataParams(dataset_name="ptb")).train[0]
     assert dm.datasets["train"][0].tolist() == [tok.eos_id] + tok(line0) + [tok.eos_id]
     cache = Path(os.environ["LM_CACHE_DIR"])
-    assert list((cache / "tokens").glob("ptb-*.safetensors")) and list((cache / "tokenizers").glob("ptb-word-*.json"))
+    assert list((cache / "tokens").glob("ptb-*/train.bin")) and list((cache / "tokenizers").glob("ptb-word-*.json"))
     assert sorted(p.name for p in (SHARED / "ptb").iterdir()) == ["PROVENANCE.md", "ptb.test.txt",
                                                                    "ptb.train.txt", "ptb.valid.txt"]
 
@@ -178,9 +179,10 @@ def test_custom_train_valid_test_files(tmp_path):
     write_lines(folder / "train.txt", ["q a b", "q b c", "q c a"])
     write_lines(folder / "valid.txt", ["q a c"])
     data = get_data(DataParams(dataset_name="qa"), data_path=tmp_path)
-    assert data.train == ["q a b", "q b c", "q c a"] and data.val == {"main": ["q a c"]} and data.test == ["q a c"]
+    assert list(data.train) == ["q a b", "q b c", "q c a"] and list(data.val["main"]) == ["q a c"]
+    assert data.test is data.val["main"]
     write_lines(folder / "test.txt", ["q b a", "q c b"])
-    assert get_data(DataParams(dataset_name="qa"), data_path=tmp_path).test == ["q b a", "q c b"]
+    assert list(get_data(DataParams(dataset_name="qa"), data_path=tmp_path).test) == ["q b a", "q c b"]
     (folder / "valid.txt").unlink()
     with pytest.raises(FileNotFoundError, match="no valid.txt"):
         get_data(DataParams(dataset_name="qa"), data_path=tmp_path)
@@ -197,7 +199,7 @@ def test_wikitext_from_a_local_copy(tmp_path, monkeypatch):
         datasets.Dataset.from_dict({"text": texts}).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
     data = get_data(DataParams(dataset_name="wikitext-2"), data_path=tmp_path)
     assert data.train[:4] == ["", " = Valkyria =", "", " The game is fun ."]
-    assert data.val["main"] == ["", " = Homarus =", " The lobster is big ."] and len(data.test) == 2
+    assert list(data.val["main"]) == ["", " = Homarus =", " The lobster is big ."] and len(data.test) == 2
     assert data.tokenizer == "bpe" and data.sample_mode == "stream" and data.source == str(folder)
     dm = LMDataModule(DataParams(dataset_name="wikitext-2", vocab_size=300), data_path=tmp_path)
     tok = dm.tokenizer

@@ -108,7 +108,10 @@ def test_flags_and_defaults(monkeypatch):
     args = make_args("--config=x", "--gpu-id=1", "--save", "--no-wandb", "--wandb-proj-name=p", "--resume=r",
                      "--data-path=d", "--save-dir=s", "--set", "a=1", "--set", "b=2", "--wandb-entity=e")
     assert (args.gpu_id, args.save, args.no_wandb, args.wandb_proj_name, args.resume, args.data_path,
-            args.save_dir, args.set, args.wandb_entity) == (1, True, True, "p", "r", "d", "s", ["a=1", "b=2"], "e")
+            args.save_dir, args.set, args.wandb_entity) == ([1], True, True, "p", "r", "d", "s", ["a=1", "b=2"], "e")
+    assert make_args("--config=x", "--gpu-id=0,1").gpu_id == [0, 1]
+    with pytest.raises(SystemExit):
+        make_args("--config=x", "--gpu-id=0,a")
 
 
 # ---- run_all hands one Namer per run to run_training ----------------------------------------------

@@ -76,6 +76,9 @@ def test_shell_example(command, env, request):
         assert result.stdout.startswith("[1/"), result.stdout
     elif "--list-params" in command:
         assert "DataParams" in result.stdout and "TrainParams" in result.stdout
+    elif "--parallel" in command:  # each run's output is in its log; the terminal has a line per run
+        assert "=== summary" in result.stdout and " FAILED" not in result.stdout, result.stdout[-2000:]
+        assert result.stdout.count("] done in ") == result.stdout.count("] started"), result.stdout[-2000:]
     elif "--compare" in command:
         assert "best val_loss" in result.stdout and "plot: " in result.stdout, result.stdout
     else:  # a training: it reports validation losses and prints samples

@@ -1,5 +1,5 @@
 """Lightning callbacks of a run: keep `last.ckpt` for --resume, stop cleanly on Ctrl-C or SIGTERM, stop
-a diverged run, show the loss."""
+a diverged run, show the loss, gather FSDP-sharded weights at the end."""
 import contextlib
 import math
 import os
@@ -34,13 +34,16 @@ class LastCheckpoint(Callback):
         self.failed: Optional[str] = None  # why the last write failed (disk full, ...), if it did
 
     def save(self, trainer: "L.Trainer") -> None:
+        """Every rank takes part (the state may be spread over them); rank 0 writes the file."""
         if self.skip():
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if trainer.is_global_zero:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(tmp)
-            os.replace(tmp, self.path)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
         except OSError as error:  # the checkpoint only serves --resume: say so, keep training, leave no .tmp
             tmp.unlink(missing_ok=True)
             if self.failed is None:
@@ -115,9 +118,34 @@ class CtrlCStop(Callback):
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if self.requested and (step_done or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        if not (step_done or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            return
+        if trainer.world_size > 1:
+            # A Ctrl-C, or a stop decided by a callback before this one (NonFiniteLoss), may reach one rank
+            # only: every rank must stop at the same step, or the others would wait for it forever.
+            flags = torch.tensor([float(self.requested), float(trainer.should_stop)], device=pl_module.device)
+            flags = trainer.strategy.reduce(flags, reduce_op="sum").tolist()
+            self.requested = self.requested or flags[0] > 0
+            trainer.should_stop = trainer.should_stop or flags[1] > 0
+        if self.requested:
             trainer.should_stop = True
 
+
+class FullWeights(Callback):
+    """Under FSDP each rank holds a shard of every block: at the end of training all ranks gather the
+    full weights for rank 0 (`weights`, the LM's own keys), which then evaluates and saves them.
+    None with other strategies, where the model is whole on every rank."""
+
+    def __init__(self) -> None:
+        self.weights: Optional[dict] = None
+
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+        if isinstance(trainer.strategy, FSDPStrategy):
+            full = trainer.strategy.lightning_module_state_dict()  # every rank takes part
+            if trainer.is_global_zero:
+                self.weights = {key[len("model."):]: value for key, value in full.items()
+                                   if key.startswith("model.")}
 
 class NonFiniteLoss(Callback):
     """Watches the training loss. When it is nan or inf for `patience` batches in a row, the run has

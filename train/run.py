@@ -6,6 +6,9 @@ eval mode, and with --save writes the run folder (train/run_folder.py). Ctrl-C o
 the current batch and still saves, marked interrupted. A loss that stays nan / inf stops the run,
 saved marked diverged. If the save folder cannot be written at the end, the run is saved elsewhere
 (and the message says where), never lost.
+
+On several devices (TrainParams.devices, --gpu-id=0,1; train/devices.py) every process runs this
+function; only rank 0 prints, logs to wandb, claims the save folder, evaluates the final model and saves.
 """
 import dataclasses
 import logging
@@ -13,7 +16,7 @@ import math
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import lightning as L
 import torch
@@ -22,7 +25,8 @@ from lightning.pytorch.callbacks import Callback
 from data.data_path import cache_dir
 from data.dataloader import LMDataModule
 from model.lm import LM
-from train.callbacks import CtrlCStop, LastCheckpoint, NonFiniteLoss, progress_bar
+from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, NonFiniteLoss, progress_bar
+from train.devices import DeviceSetup, check_fsdp_model, device_setup, is_rank_zero, sharded
 from train.resumable_loader import ResumableTrainLoader
 from train.resume import checked_checkpoint, run_identity
 from train.run_folder import save_run
@@ -45,7 +49,9 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     written: the run is then in "save_folder", elsewhere), "timestamp", "train_stats", "final"}."""
     dp, tp, args = namer.data_params, namer.train_params, namer.args
     check_train_params(tp)
-    device = choose_device(getattr(args, "gpu_id", None))
+    setup = device_setup(tp, gpu_ids(getattr(args, "gpu_id", None)))
+    device = setup.device
+    say = print if is_rank_zero() else (lambda *a, **k: None)  # the other ranks train quietly
     if tp.precision == "16-mixed" and device.type != "cuda":
         raise ValueError('TrainParams.precision="16-mixed" needs a CUDA GPU: use "32" or "bf16-mixed" on a CPU')
 
@@ -56,51 +62,70 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
         mp = dataclasses.replace(mp, max_seq_len=dp.max_seq_len)
     L.seed_everything(tp.seed, workers=True, verbose=False)  # the weights depend on the seed alone
     lm = LM(mp, dm.tokenizer, sample_mode=dm.sample_mode)
-    print(f"data:  {dm}\nmodel: {lm}\ndevice: {device}")
+    check_fsdp_model(setup.strategy, lm)
+    say(f"data:  {dm}\nmodel: {lm}\ndevice: {setup.describe()}")
+    if setup.world_size > 1:
+        say(f"batch: {tp.batch_size} per device x {setup.world_size} processes = global batch "
+            f"{tp.batch_size * setup.world_size}")
     resume = None
     if getattr(args, "resume", None):
         resume = checked_checkpoint(args.resume, dp, mp, dm.tokenizer)
 
     lm_trainer = LMTrainer(lm, tp, val_names=dm.val_names, run_identity=run_identity(dp, dm.tokenizer))
-    train_loader = ResumableTrainLoader(dm.train_dataloader(), seed=tp.seed)
+    train_loader = ResumableTrainLoader(dm.train_dataloader(), seed=tp.seed, world_size=setup.world_size)
+    val_loaders = dm.val_dataloader()
+    if setup.world_size > 1:  # each rank evaluates its own share of every set
+        val_loaders = [sharded(loader, tp.limit_val_batches) for loader in val_loaders]
     ctrl_c = CtrlCStop()
     nonfinite = NonFiniteLoss(check_every=tp.hyperparams_log_freq, stop=tp.stop_on_nonfinite)
-    all_callbacks: List[Callback] = [*callbacks, train_loader, ctrl_c, nonfinite]
+    full_weights = FullWeights()
+    # ctrl_c after nonfinite (it makes their stops agree across ranks), and before the checkpoint
+    all_callbacks: List[Callback] = [*callbacks, train_loader, nonfinite, ctrl_c, full_weights]
     save_folder = None
     if getattr(args, "save", False):
-        # weights, and a checkpoint with the weights and AdamW's two moments: 4 copies of the parameters
-        check_save_dir(Path(namer.save_folder_name()).parent, need_bytes=16 * lm.n_parameters() + 2 ** 24)
-        claim = getattr(namer, "claim_save_folder", namer.save_folder_name)
-        save_folder = Path(claim())
+        if is_rank_zero():
+            # weights, and a checkpoint with the weights and AdamW's two moments: 4 copies of the parameters
+            check_save_dir(Path(namer.save_folder_name()).parent, need_bytes=16 * lm.n_parameters() + 2 ** 24)
+            save_folder = Path(getattr(namer, "claim_save_folder", namer.save_folder_name)())
+        else:  # rank 0 alone claims the folder and writes into it
+            save_folder = Path(namer.save_folder_name())
         checkpoint = LastCheckpoint(partial_folder(save_folder) / "checkpoints" / "last.ckpt",
                                     skip=lambda: nonfinite.diverged)
         all_callbacks.append(checkpoint)
-        print(f"saving to {save_folder} (checkpoint while training: {checkpoint.path})")
+        say(f"saving to {save_folder} (checkpoint while training: {checkpoint.path})")
     try:
         logger = None
-        if not getattr(args, "no_wandb", False):
+        if not getattr(args, "no_wandb", False) and is_rank_zero():
             from train.wandb_setup import wandb_logger
             logger = wandb_logger(namer.wandb_proj_name(), namer.run_name(), params_config(dp, mp, tp, namer),
                                   entity=getattr(args, "wandb_entity", None), **sweep_group_and_tags(namer))
-        trainer = make_trainer(tp, device, n_train_batches=len(train_loader), logger=logger,
+        trainer = make_trainer(tp, setup, n_train_batches=len(train_loader), logger=logger,
                                callbacks=all_callbacks)
         if tp.compile:
             lm.compile()
     except BaseException:
-        if save_folder is not None:
+        if save_folder is not None and is_rank_zero():
             release(save_folder)  # nothing trained: give the claimed name back
         raise
 
     if resume is not None:
-        print(f"resuming from {resume}")
+        say(f"resuming from {resume}")
     try:
-        hard_interrupt = fit(trainer, lm_trainer, train_loader, dm.val_dataloader(), resume, ctrl_c)
+        hard_interrupt = fit(trainer, lm_trainer, train_loader, val_loaders, resume, ctrl_c)
     except Exception:
         if save_folder is not None and checkpoint.path.is_file():
-            print(f"training failed at step {trainer.global_step}; the last checkpoint is {checkpoint.path}: "
-                  f"continue from it with --resume {save_folder}", flush=True)
+            say(f"training failed at step {trainer.global_step}; the last checkpoint is {checkpoint.path}: "
+                f"continue from it with --resume {save_folder}", flush=True)
         raise
     interrupted = hard_interrupt or ctrl_c.requested
+    if not trainer.is_global_zero:  # rank 0 evaluates, saves and reports
+        return {"val_loss": None, "val_losses": {}, "test_loss": None, "interrupted": interrupted,
+                "signal": ctrl_c.signal_name, "diverged": nonfinite.diverged, "save_folder": None,
+                "save_error": None, "train_stats": {}, "final": {}, "rank": trainer.global_rank}
+    if full_weights.weights is not None:  # FSDP: the blocks were sharded; rank 0 gathered them all
+        lm = LM(mp, dm.tokenizer, sample_mode=dm.sample_mode)
+        lm.load_state_dict(full_weights.weights)
+        lm_trainer.model = lm
 
     lm.to(device)  # Lightning hands the model back on the CPU
     final = final_losses(lm, dm, device, skip=hard_interrupt)
@@ -184,10 +209,15 @@ def fit(trainer: L.Trainer, lm_trainer: LMTrainer, train_loader: ResumableTrainL
     return False
 
 
-def make_trainer(tp: TrainParams, device: torch.device, n_train_batches: int, logger: Any = None,
+def make_trainer(tp: TrainParams, setup: Union[DeviceSetup, torch.device], n_train_batches: int, logger: Any = None,
                  callbacks: Sequence[Callback] = (), enable_progress_bar: bool = True) -> L.Trainer:
     """The lightning.Trainer for TrainParams: epochs or max_steps, clipping, accumulation, precision,
-    validation schedule, device. Deterministic on the CPU (on CUDA that would cost speed)."""
+    validation schedule, devices and strategy (`setup`, or one device). Deterministic on the CPU (on
+    CUDA that would cost speed). Lightning's distributed sampler is off: train/devices.py splits the data."""
+    if isinstance(setup, torch.device):
+        setup = DeviceSetup("gpu" if setup.type == "cuda" else "cpu",
+                            [setup.index or 0] if setup.type == "cuda" else 1, "auto", 1, setup)
+    device = setup.device
     for name in ("lightning.pytorch", "lightning.fabric"):  # no device banners; warnings still show
         logging.getLogger(name).setLevel(logging.WARNING)
     if device.type == "cuda":
@@ -196,8 +226,11 @@ def make_trainer(tp: TrainParams, device: torch.device, n_train_batches: int, lo
     if enable_progress_bar:
         callbacks = [*callbacks, progress_bar()]
     return L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
+        accelerator=setup.accelerator,
+        devices=setup.devices,
+        strategy=setup.strategy,
+        num_nodes=setup.num_nodes,
+        use_distributed_sampler=False,
         # with max_steps, enough epochs to reach it (so the progress bar can show "epoch i/n")
         max_epochs=tp.epochs if tp.max_steps is None else -(-tp.max_steps * tp.accumulate_grad_batches // max(1, n_train_batches)),
         max_steps=tp.max_steps if tp.max_steps is not None else -1,
@@ -205,7 +238,9 @@ def make_trainer(tp: TrainParams, device: torch.device, n_train_batches: int, lo
         accumulate_grad_batches=tp.accumulate_grad_batches,
         precision=tp.precision,
         val_check_interval=val_every,
-        limit_val_batches=tp.limit_val_batches if tp.limit_val_batches is not None else 1.0,
+        # several processes: the sharded loaders already hold the first limit_val_batches batches' samples
+        limit_val_batches=(tp.limit_val_batches if tp.limit_val_batches is not None
+                           and (setup.world_size == 1 or tp.limit_val_batches == 0) else 1.0),
         num_sanity_val_steps=0,
         deterministic=device.type == "cpu",
         logger=logger if logger is not None else False,
@@ -217,18 +252,16 @@ def make_trainer(tp: TrainParams, device: torch.device, n_train_batches: int, lo
     )
 
 
-def choose_device(gpu_id: Optional[int]) -> torch.device:
-    """CUDA device gpu_id (default 0) when CUDA is there, else the CPU (saying so once if a GPU was asked for)."""
+def gpu_ids(gpu_id: Union[None, int, Sequence[int]]) -> Optional[List[int]]:
+    """--gpu-id as a list (None: not given). Without CUDA, says once that the CPU is used instead."""
     global _told_no_cuda
-    if torch.cuda.is_available():
-        index = gpu_id or 0
-        if not 0 <= index < torch.cuda.device_count():
-            raise ValueError(f"--gpu-id={index}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
-        return torch.device("cuda", index)
-    if gpu_id is not None and not _told_no_cuda:
-        print(f"--gpu-id={gpu_id}: CUDA is not available here, training on the CPU")
+    if gpu_id is None:
+        return None
+    ids = [gpu_id] if isinstance(gpu_id, int) else list(gpu_id)
+    if not torch.cuda.is_available() and not _told_no_cuda and is_rank_zero():
+        print(f"--gpu-id={','.join(map(str, ids))}: CUDA is not available here, training on the CPU")
         _told_no_cuda = True
-    return torch.device("cpu")
+    return ids
 
 
 def final_losses(lm: LM, dm: LMDataModule, device: torch.device, skip: bool = False) -> Dict[str, Any]:

@@ -12,7 +12,7 @@ from data.data_params import DataParams
 from data.syntheticdata import TASKS as SYNTHETIC_TASKS
 from data.syntheticdata import check_synthetic_params
 from data.tasks import check_data_params, check_task_name
-from train.train_params import TrainParams, check_train_params
+from train.train_params import TrainParams, check_device_params, check_train_params
 
 
 def run_problems(params: Dict[str, Any], data_path: Optional[str] = None) -> List[str]:
@@ -35,6 +35,7 @@ def run_problems(params: Dict[str, Any], data_path: Optional[str] = None) -> Lis
     if dp.dataset_name in SYNTHETIC_TASKS:
         collect(check_synthetic_params, dp)
     collect(check_train_params, tp)
+    collect(check_device_params, tp)
     collect(check_model_params, mp if mp.max_seq_len is not None else dataclasses.replace(mp, max_seq_len=dp.max_seq_len))
     if isinstance(mp.max_seq_len, int) and isinstance(dp.max_seq_len, int) and mp.max_seq_len < dp.max_seq_len:
         problems.append(f"ModelParams.max_seq_len={mp.max_seq_len} is shorter than DataParams.max_seq_len="

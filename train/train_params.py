@@ -4,7 +4,7 @@ Each field's trailing comment is its description (`python3 main.py --list-params
 """
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Union
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -14,7 +14,7 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 class TrainParams:
     epochs: int = 1  # passes over the training set (ignored when max_steps is set)
     max_steps: Optional[int] = None  # stop after this many optimizer steps; None trains for `epochs`
-    batch_size: int = 32  # samples per batch
+    batch_size: int = 32  # samples per batch on each device (the global batch is batch_size x devices x num_nodes)
     lr: float = 1e-3  # peak learning rate
     min_lr_frac: float = 0.1  # the schedule decays to lr * min_lr_frac
     lr_schedule: str = "cosine"  # after warmup: cosine, linear or constant
@@ -27,12 +27,37 @@ class TrainParams:
     seed: int = 0  # seed for weights, batch order and dropout
     precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA only)
     compile: bool = False  # torch.compile the model before training
+    devices: Union[int, List[int], str] = 1  # devices per node: a count, a list of GPU numbers, or "auto" (every GPU); without CUDA, the number of CPU processes
+    strategy: str = "auto"  # "auto" (DDP when several devices), "ddp", or "fsdp" (shards each transformer block; CUDA only)
+    num_nodes: int = 1  # machines in the run (launched by srun or torchrun, see README "Beyond one device")
     val_check_interval: Optional[int] = None  # validate every N training batches of an epoch (instead of at its end); None validates once per epoch
     limit_val_batches: Optional[int] = None  # validate on at most N batches per set; None uses the whole set
     hyperparams_log_freq: int = 50  # call log_hyperparams_and_time every N batches
     n_print_samples: int = 2  # samples printed after each epoch (one greedy, the rest sampled)
     print_sample_len: int = 30  # tokens generated per printed sample
     stop_on_nonfinite: bool = True  # stop (and mark the run diverged) when the training loss is nan/inf for 3 batches in a row
+
+
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+def check_device_params(tp: TrainParams) -> None:
+    """devices / strategy / num_nodes, as far as they can be checked without looking at the machine
+    (train/devices.py checks the rest when the run starts: GPUs present, FSDP on CUDA only)."""
+    devices = tp.devices
+    count = isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1
+    gpu_list = (isinstance(devices, list) and bool(devices) and len(set(devices)) == len(devices)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))
+    problems = []
+    if not (count or gpu_list or devices == "auto"):
+        problems.append(f"devices={devices!r}: must be a count >= 1, a list of distinct GPU numbers (in a config: "
+                        "devices=[[0, 1]], since a plain list sweeps), or \"auto\"")
+    if tp.strategy not in STRATEGIES:
+        problems.append(f"strategy={tp.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if not isinstance(tp.num_nodes, int) or isinstance(tp.num_nodes, bool) or tp.num_nodes < 1:
+        problems.append(f"num_nodes={tp.num_nodes!r}: must be a whole number >= 1")
+    if problems:
+        raise ValueError("bad TrainParams: " + "; ".join(problems))
 
 
 def check_train_params(tp: TrainParams) -> None:

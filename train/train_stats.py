@@ -35,6 +35,17 @@ class StatsRecorder:
         self._unflushed.append((name, len(entries) - 1))
         self.counter += 1
 
+    def map_pending_tensors(self, fn: Any) -> None:
+        """Replace the tensor values not flushed yet by fn(stacked values)[i] (one call for all of them;
+        e.g. averaging them over the processes of a distributed run)."""
+        places = [(name, i) for name, i in self._unflushed if torch.is_tensor(self.stats[name][i][3])]
+        if not places:
+            return
+        values = fn(torch.stack([self.stats[name][i][3].float().reshape(()) for name, i in places]))
+        for (name, i), value in zip(places, values):
+            s, n, c, _ = self.stats[name][i]
+            self.stats[name][i] = (s, n, c, value)
+
     def flush(self) -> List[Tuple[str, Entry]]:
         """Convert pending tensor values to floats (one device sync) and return the entries recorded
         since the last flush, in recording order, as (name, (s, n, c, v))."""

@@ -42,6 +42,7 @@ class LMTrainer(L.LightningModule):
         self.elapsed_before = 0.0  # training time of the run before a resume
         self._fit_start: Optional[float] = None
         self._loss_sums: Dict[int, Tuple[Tensor, Tensor]] = {}  # dataloader_idx -> (sum of losses, tokens)
+        self._expected_sets = 1  # evaluation sets of the running validation / test
         self._sample_prompt: Optional[Tuple[List[int], List[int]]] = None  # (prompt ids, expected ids)
         self.progress_metrics: Dict[str, float] = {}  # shown by the progress bar (train/callbacks.py)
         self._rng_to_restore: Optional[Dict[str, Any]] = None
@@ -49,14 +50,14 @@ class LMTrainer(L.LightningModule):
     # ---- training ------------------------------------------------------------------------------
     def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
         losses, n_samples = self.model.get_losses(batch, self.train_params)
-        self.n_samples_trained += n_samples
+        self.n_samples_trained += n_samples * self.world_size  # every rank trains on as many samples
         self.log_stat("stat/train_loss", losses.detach())
         return losses
 
     def log_hyperparams_and_time(self) -> None:
         """Runs every `hyperparams_log_freq` batches: the place to track more metrics with `self.log_stat`."""
         self.log_stat("stat/lr", self.optimizers().param_groups[0]["lr"])
-        self.log_stat("stat/tokens_per_s", self.throughput.tokens_per_s())
+        self.log_stat("stat/tokens_per_s", self.throughput.tokens_per_s() * self.world_size)
         self.log_stat("stat/elapsed_s", self.elapsed_s())
 
     def log_stat(self, name: str, value: Any) -> None:
@@ -89,8 +90,17 @@ class LMTrainer(L.LightningModule):
         self.flush_stats()
         return self.stats.stats
 
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 unless DDP / FSDP runs on several devices)."""
+        return self.trainer.world_size if self._trainer is not None else 1
+
     def flush_stats(self) -> List[Tuple[str, Tuple[int, int, int, float]]]:
-        """Make every recorded value a float and send the new ones to the logger (wandb), if any."""
+        """Make every recorded value a float and send the new ones to the logger (wandb), if any.
+        With several processes, the pending training losses become their mean over the ranks (one
+        all-reduce per flush; every rank flushes at the same points, from the same hooks)."""
+        if self.world_size > 1:
+            self.stats.map_pending_tensors(lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"))
         flushed = self.stats.flush()
         logger = self.logger if self._trainer is not None else None
         if logger is not None:
@@ -122,6 +132,7 @@ class LMTrainer(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.throughput.pause()
         self._loss_sums = {}
+        self._expected_sets = len(self.val_names)
 
     def validation_step(self, batch: Dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._add_loss_sum(batch, dataloader_idx)
@@ -144,6 +155,7 @@ class LMTrainer(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._loss_sums = {}
+        self._expected_sets = 1
 
     def on_test_epoch_end(self) -> None:
         for loss in self._mean_losses().values():
@@ -158,7 +170,15 @@ class LMTrainer(L.LightningModule):
         self._loss_sums[key] = (loss_sum, n_tokens)
 
     def _mean_losses(self) -> Dict[int, float]:
-        """The exact corpus mean per set: summed token losses / counted tokens (one sync per set)."""
+        """The exact corpus mean per set: summed token losses / counted tokens (one sync). With several
+        processes each evaluated its own samples (train/devices.py): sums and counts are added over
+        the ranks first, so every sample counts once."""
+        if self.world_size > 1:
+            zero = torch.zeros((), dtype=torch.float64, device=self.device)
+            sums = torch.stack([torch.stack([total.double(), count.double()]) for total, count in
+                                (self._loss_sums.get(i, (zero, zero)) for i in range(self._expected_sets))])
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            self._loss_sums = {i: (sums[i, 0], sums[i, 1]) for i in range(self._expected_sets) if sums[i, 1] > 0}
         return {i: (total / count.clamp(min=1)).item() for i, (total, count) in sorted(self._loss_sums.items())}
 
     def print_progress(self, losses: Dict[int, float]) -> None:
@@ -169,6 +189,9 @@ class LMTrainer(L.LightningModule):
                    f"{self.elapsed_s():.0f} s) | val {sets}")
         if not all(math.isfinite(loss) for loss in losses.values()):
             self.print("  (no samples: the loss is not finite)")  # sampling from nan probabilities is impossible
+            return
+        # rank 0 alone samples; under FSDP no rank can run the sharded model alone, so no samples then
+        if not self.trainer.is_global_zero or "FSDP" in type(self.trainer.strategy).__name__:
             return
         samples = self.samples()
         for kind, text in samples:
