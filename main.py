@@ -142,6 +142,10 @@ def safe_name(name: str, max_len: int = 120) -> str:
 
 def swap_layer_architecture(data_params: Any, model_params: Any, train_params: Any) -> None:
     """The same model built from the other layer implementation (fused torch layers <-> our editable one)."""
+    if model_params.layer_architecture not in ("torch-transformer", "custom-transformer"):
+        raise ConfigError(f"the swap-layer-architecture ablation swaps the two transformer paths; a "
+                          f"{model_params.layer_architecture!r} model has no other implementation: drop --ablate "
+                          "or edit the ablations list in run_all (main.py)")
     is_torch = model_params.layer_architecture == "torch-transformer"
     model_params.layer_architecture = "custom-transformer" if is_torch else "torch-transformer"
 
@@ -188,7 +192,11 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
         ("swap-layer-architecture", swap_layer_architecture),
     ]
     if args.ablate:
-        runs = runs_with_ablations(runs, ablations)
+        try:
+            runs = runs_with_ablations(runs, ablations)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
 
     if args.dry_run:
         for i, run in enumerate(runs, start=1):

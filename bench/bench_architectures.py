@@ -28,11 +28,12 @@ from model.eval_mode import evaluating  # noqa: E402
 from train.run import run_training  # noqa: E402
 
 CUSTOM = 'layer_architecture="custom-transformer"'
-# name -> --set overrides; add a row for another architecture (e.g. 'layer_architecture="lstm"')
+# name -> --set overrides; add a row for another architecture
 SETTINGS: Dict[str, List[str]] = {
     "transformer (learned)": [CUSTOM, 'positional_encoding="learned"'],
     "rope": [CUSTOM, 'positional_encoding="rope"'],
     "alibi": [CUSTOM, 'positional_encoding="alibi"'],
+    "lstm": ['layer_architecture="lstm"'],  # n_layers and dim as the transformers; no positions, no heads
 }
 
 
