@@ -142,6 +142,10 @@ def safe_name(name: str, max_len: int = 120) -> str:
 
 def swap_layer_architecture(data_params: Any, model_params: Any, train_params: Any) -> None:
     """The same model built from the other layer implementation (fused torch layers <-> our editable one)."""
+    if model_params.layer_architecture not in ("torch-transformer", "custom-transformer"):
+        raise ConfigError(f"the swap-layer-architecture ablation swaps the two transformer paths; a "
+                          f"{model_params.layer_architecture!r} model has no other implementation: drop --ablate "
+                          "or edit the ablations list in run_all (main.py)")
     is_torch = model_params.layer_architecture == "torch-transformer"
     model_params.layer_architecture = "custom-transformer" if is_torch else "torch-transformer"
 
@@ -188,7 +192,11 @@ def run_all(runs: Sequence[RunSpec], args: argparse.Namespace) -> List[Dict[str,
         ("swap-layer-architecture", swap_layer_architecture),
     ]
     if args.ablate:
-        runs = runs_with_ablations(runs, ablations)
+        try:
+            runs = runs_with_ablations(runs, ablations)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
 
     if args.dry_run:
         for i, run in enumerate(runs, start=1):
@@ -280,6 +288,17 @@ def print_summary(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) ->
     failed = [i for i, result in enumerate(results, start=1) if run_status(result)]
     if failed:
         print(f"{len(failed)} of {len(runs)} run(s) did not finish well: run(s) {', '.join(map(str, failed))}")
+    print_comparison(runs, results)
+
+
+def print_comparison(runs: Sequence[RunSpec], results: Sequence[Dict[str, Any]]) -> None:
+    """The comparison table of the runs just made that trained (from memory: saved or not), as
+    --compare prints it (run_comparison.py)."""
+    from run_comparison import records_of_results, table_text
+    trained = [(run, result) for run, result in zip(runs, results) if "error" not in result]
+    if trained:
+        print(f"\n=== comparison of the {len(trained)} run(s) that trained")
+        print(table_text(records_of_results([run.params for run, _ in trained], [result for _, result in trained])))
 
 
 def run_status(result: Dict[str, Any]) -> str:
@@ -326,6 +345,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              "says so and uses the CPU")
     parser.add_argument("--ablate", action="store_true",
                         help="after each run, also run its ablations (defined in run_all in main.py)")
+    parser.add_argument("--compare", metavar="CONFIG",
+                        help="print the table of the saved runs of CONFIG (with --task, of that task only): the "
+                             "params that differ, final losses, tokens/s, wall time; save their val-loss plot to "
+                             "../metrics/compare-CONFIG[-TASK].png; train nothing")
     parser.add_argument("--export-hf", nargs=2, metavar=("RUN", "OUT_FOLDER"),
                         help="write the saved run RUN (its folder, or its timestamp under --save-dir) as a "
                              "transformers checkpoint folder OUT_FOLDER (AutoModelForCausalLM and AutoTokenizer "
@@ -364,6 +387,17 @@ def check_paths(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag}={path}: no such file or folder.")
 
 
+def compare_saved_runs(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """--compare CONFIG [--task TASK]: the comparison table of saved runs (run_comparison.py)."""
+    if args.config:
+        raise ConfigError("--compare reads saved runs and trains nothing: give --compare CONFIG without --config")
+    from run_comparison import compare_command  # imports torch: only when asked
+    try:
+        return compare_command(args.compare, args.task, save_dir=args.save_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
@@ -371,6 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         if args.list_params:
             print(format_params_list())
             return []
+        if args.compare:
+            return compare_saved_runs(args)
         if args.export_hf:
             export_run(*args.export_hf, save_dir=args.save_dir)
             return []

@@ -10,7 +10,8 @@
 Runs live under the save root (`--save-dir`, default main.DEFAULT_SAVE_DIR: $LM_SAVE_DIR or
 `../saved-models` next to the repo) as `{config}/{task}/{run name}/{timestamp}/`; the folder
 format belongs to train/run_folder.py, which this module calls. Plots go to METRICS_DIR and
-ATTENTIONS_DIR (`../metrics`, `../attentions` next to the repo); reassign them to write elsewhere.
+ATTENTIONS_DIR (`../metrics` (or $LM_METRICS_DIR), `../attentions` next to the repo); reassign them to
+write elsewhere. compare_runs (a sweep's runs side by side) lives in run_comparison.py.
 """
 import difflib
 import os
@@ -29,7 +30,7 @@ from train.run_folder import FILES, file_sha256, load_run, read_final, read_trai
 from train.train_stats import TrainStats
 
 REPO = Path(__file__).resolve().parent
-METRICS_DIR = REPO.parent / "metrics"
+METRICS_DIR = Path(os.environ.get("LM_METRICS_DIR") or REPO.parent / "metrics")
 ATTENTIONS_DIR = REPO.parent / "attentions"
 TIMESTAMP_FORMAT = "%Y-%m-%d--%H-%M-%S"  # main.Namer's; a "-1", "-2" suffix may follow
 TIMESTAMP_LEN = len("2024-04-22--16-17-00")
@@ -99,6 +100,8 @@ def get_model_by_path(folder: PathLike, device: str = "cpu", data_path: Optional
     params.json: "run", "argv", "versions", ...). `dataset` is the LMDataModule rebuilt from the
     saved data params and the saved tokenizer (data_path: the data folder, if it is not the default)."""
     run = load_run(folder, device=device)
+    where = Path(folder).resolve().parts
+    run.lm.name = f"{'/'.join(where[-4:-2])} {where[-1]}"  # "test-nlp/ptb 2024-04-22--16-17-00", for plot titles
     dataset = LMDataModule(run.params["data_params"], batch_size=run.params["train_params"].batch_size,
                            tokenizer=run.tokenizer, data_path=data_path)
     return run.lm, dataset, run.train_stats, run.params
@@ -229,12 +232,25 @@ def _pyplot() -> Any:
 
 
 def _finish(plt: Any, fig: Any, path: Optional[Path], show: bool) -> None:
-    """Save `fig` to `path` (folders created); close it when it will not be shown (no figure pile-up)."""
+    """Save `fig` to `path` (folders created), then show it: in Jupyter, displayed at once, in order
+    with the cell's printed output; with a desktop window backend, left open for plt.show(). Otherwise
+    (headless, or show=False) closed, so figures never pile up and nothing warns about plt.show()."""
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
-    if not show or plt.get_backend().lower() == "agg":
+    if show and in_jupyter():
+        from IPython.display import display
+        display(fig)
         plt.close(fig)
+    elif not show or plt.get_backend().lower() == "agg":
+        plt.close(fig)
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (ipykernel), where figures are displayed inline."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 X_AXES = {"n": (1, "samples trained"), "s": (0, "optimizer steps"), "c": (2, "values recorded (counter)")}
@@ -291,6 +307,25 @@ def plot_metrics(timestamp_or_train_stats: Union[str, TrainStats, Sequence[Union
 plot_metric = plot_metrics
 
 
+def compare_runs(selector: Any, metrics: Union[str, Sequence[str]] = ("stat/val_loss:main",),
+                 save_dir: Optional[PathLike] = None, aggregate_seeds: bool = False, x: str = "n",
+                 filename: Optional[str] = None, show: bool = True) -> Any:
+    """Compare saved runs: a table with one row per run (a pandas DataFrame when pandas is installed,
+    else a list of dicts that prints aligned): its timestamp, the parameters that differ between the runs,
+    final val/test losses and perplexities, tokens/s and wall time (s); and a plot_metrics overlay of
+    `metrics`, one line per run labelled by its differing parameters (e.g. "n_layers=2 lr=0.003"),
+    saved to METRICS_DIR/{filename}.png when `filename` is given.
+
+    selector: a config name (its runs of every task; "test" also takes test-nlp, test-synth as --config
+    does), a (config, task) pair or "config/task", a list of timestamps or run folders, or the list
+    list_runs() returns. aggregate_seeds: one row (and one line, in a band of ± one std) per setting of
+    the other parameters, with each metric's mean and its std over the seeds (columns metric_std).
+    See run_comparison.py."""
+    from run_comparison import compare_records, record_of_folder, select_run_folders
+    records = [record_of_folder(folder) for folder in select_run_folders(selector, save_dir)]
+    return compare_records(records, metrics, aggregate_seeds=aggregate_seeds, x=x, filename=filename, show=show)
+
+
 def _train_stats_of(run: Union[str, Path, TrainStats], save_dir: Optional[PathLike],
                     default_label: str) -> Tuple[TrainStats, str]:
     if isinstance(run, dict):
@@ -302,11 +337,12 @@ def _train_stats_of(run: Union[str, Path, TrainStats], save_dir: Optional[PathLi
 # ---- attention plots -----------------------------------------------------------------------------
 def show_lm_attns(lm: LM, seq: Union[str, Sequence[int], torch.Tensor], layers: Optional[Sequence[int]] = None,
                   heads: Optional[Sequence[int]] = None, folder_name: Optional[str] = None,
-                  show: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                  show: bool = True, model_name: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run `seq` (text or ids, read as given: no bos is added) through `lm` in eval mode and draw the
     attention of the chosen layers x heads (default: all) as a grid of heatmaps, query tokens down,
-    key tokens across. With `folder_name`, saves grid.png and one layer{l}-head{h}.png per drawn head
-    to ATTENTIONS_DIR/{folder_name}/ (../attentions next to the repo).
+    key tokens across, with a colour bar and a title naming the model (`model_name`, default
+    model_label(lm)), layer and head. With `folder_name`, saves grid.png and one layer{l}-head{h}.png
+    per drawn head to ATTENTIONS_DIR/{folder_name}/ (../attentions next to the repo).
 
     Returns (out_embeds: the logits [1, seq, vocab], attns [1, n_layers, n_heads, seq, seq])."""
     x = lm.as_batch(seq)
@@ -318,24 +354,47 @@ def show_lm_attns(lm: LM, seq: Union[str, Sequence[int], torch.Tensor], layers: 
     layers = _indices("layers", layers, attns.shape[1])
     heads = _indices("heads", heads, attns.shape[2])
     labels = token_labels(lm, x[0].tolist())
+    name = model_name or model_label(lm)
 
     plt = _pyplot()
-    cell = min(8.0, max(2.5, 0.22 * len(labels)))
-    fig, axes = plt.subplots(len(layers), len(heads), figsize=(cell * len(heads), cell * len(layers)), squeeze=False)
-    for r, layer in enumerate(layers):
-        for c, head in enumerate(heads):
-            _draw_head(axes[r][c], attns[0, layer, head], labels, f"layer {layer} head {head}")
-    fig.tight_layout()
     folder = ATTENTIONS_DIR / folder_name if folder_name else None
+    fig = attention_figure(attns[0], labels, layers, heads, name)
     _finish(plt, fig, folder / "grid.png" if folder else None, show)
     if folder:
         for layer in layers:
             for head in heads:
-                one, ax = plt.subplots(figsize=(cell + 1, cell + 1))
-                _draw_head(ax, attns[0, layer, head], labels, f"layer {layer} head {head}")
-                one.tight_layout()
+                one = attention_figure(attns[0], labels, [layer], [head], name)
                 _finish(plt, one, folder / f"layer{layer}-head{head}.png", show=False)
     return out_embeds, out["attns"]
+
+
+def attention_figure(attns: torch.Tensor, labels: List[str], layers: Sequence[int], heads: Sequence[int],
+                     model_name: str) -> Any:
+    """A figure of heatmaps, one per (layer, head) of attns [n_layers, n_heads, seq, seq], one colour bar
+    (attention weight, 0 to 1) and titles naming the model, layer and head."""
+    plt = _pyplot()
+    cell = min(8.0, max(2.5, 0.22 * len(labels)))
+    fig, axes = plt.subplots(len(layers), len(heads), figsize=(cell * len(heads) + 1.2, cell * len(layers) + 0.4),
+                             squeeze=False, layout="constrained")
+    single = len(layers) * len(heads) == 1
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            title = f"{model_name}\nlayer {layer} head {head}" if single else f"layer {layer} head {head}"
+            image = _draw_head(axes[r][c], attns[layer, head], labels, title)
+    if not single:
+        fig.suptitle(f"{model_name}: attention", fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="attention weight", shrink=0.8)
+    return fig
+
+
+def model_label(lm: LM) -> str:
+    """A short name for plot titles: `lm.name` when set (get_model_by_path sets config/task timestamp),
+    else the architecture in a few words."""
+    name = getattr(lm, "name", None)
+    if name:
+        return str(name)
+    mp = lm.model_params
+    return f"{mp.layer_architecture} {mp.n_layers}x{mp.dim}"
 
 
 def _indices(what: str, chosen: Optional[Sequence[int]], n: int) -> List[int]:
@@ -359,10 +418,11 @@ def token_labels(lm: LM, ids: List[int]) -> List[str]:
     return labels
 
 
-def _draw_head(ax: Any, weights: torch.Tensor, labels: List[str], title: str) -> None:
-    ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+def _draw_head(ax: Any, weights: torch.Tensor, labels: List[str], title: str) -> Any:
+    image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     ax.set_title(title, fontsize=9)
+    return image

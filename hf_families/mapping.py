@@ -78,7 +78,8 @@ def to_our_weights(their_state: Dict[str, Tensor], rules: Sequence[Rule], our_sh
             continue
         absent = [name for name in rule.theirs if name not in left]
         if absent:
-            missing += absent
+            if not rule.tied:  # a tied head's second name carries nothing new: it may be absent
+                missing += absent
             continue
         if not rule.theirs:
             ours[rule.ours] = torch.zeros(our_shapes[rule.ours])

@@ -21,6 +21,7 @@ from torch import Tensor
 from model.eval_mode import evaluating
 from model.matvec_layout import matvec_layout
 from model.prompts import fitting_groups, left_padded, read_prompts
+from model.sample_text import render_sample
 
 if TYPE_CHECKING:
     from model.lm import LM
@@ -69,7 +70,7 @@ def beam_search(lm: "LM", pref: Any = "", beam_size: int = 4, max_seq_len: int =
     for given, best in zip(prompts.given, found):
         samples = [(given + (new[:-1] if stop_at_eos and new[-1:] == [eos] else new), score) for new, score in best]
         if as_str:
-            samples = [(lm.tokenizer.decode(ids), score) for ids, score in samples]
+            samples = [(render_sample(lm.tokenizer, ids, lm.sample_mode), score) for ids, score in samples]
         results.append(samples[0][0] if n_best == 1 else samples)
     return results if prompts.batched else results[0]
 

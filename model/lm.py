@@ -6,11 +6,13 @@
     lm.sample(pref="The", max_seq_len=50, temperature=0.8)
     mean_ppl, max_ppl, min_ppl, n_tokens, per_token = lm.perplexities(["a text", "another"])
 
-Names that edits rely on: `lm.decoder` (the Transformer; `lm.decoder.layers` are its blocks),
+Names that edits rely on: `lm.decoder` (the Transformer, or for layer_architecture "lstm", "gru" or
+"rnn" the RecurrentDecoder of model/recurrent.py; `lm.decoder.layers` are its blocks / recurrent layers),
 `lm.n_tokens` (vocabulary size), `lm.tokenizer`, `lm.model_params`.
 Parameters: embedding.weight, pos_embedding.weight (learned positions only), decoder.layers.{i}.*
 (as nn.TransformerEncoderLayer; plus `gate` for swiglu / geglu and self_attn.q_norm / k_norm with
-qk_norm; self_attn.in_proj_weight is [(n_heads + 2 * n_kv_heads) * head_dim, dim]), decoder.final_norm.*,
+qk_norm; self_attn.in_proj_weight is [(n_heads + 2 * n_kv_heads) * head_dim, dim]; recurrent models:
+nn.LSTM/GRU/RNN's weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0), decoder.final_norm.*,
 out_proj.weight (tied to embedding.weight when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
 """
 import dataclasses
@@ -26,9 +28,11 @@ from model.hooks import HookPoint, Hooks, NameFilter, hook_names, hooks_attached
 from model.model_params import ModelParams
 from model.output_projection import OutputProjection
 from model.perplexity import perplexities
+from model.sample_text import check_sample_mode, resolve_stop_at_eos
 from model.beam_search import beam_search
 from model.sampling import sample
 from model.transformer.feedforward import ACTIVATIONS, ff_width
+from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, RecurrentState, is_recurrent
 from model.transformer.kv_cache import KVCache
 from model.transformer.norms import NORMS
 from model.transformer.positions import rotary_dims, sinusoidal_positions, token_positions
@@ -37,28 +41,34 @@ from model.transformer.transformerencoderlayer import SelfAttention, make_dropou
 
 POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
+DecoderCache = Union[KVCache, RecurrentState]  # what lm.new_kv_cache() gives for this model's decoder
 
 
 class LM(nn.Module):
-    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer):
+    def __init__(self, model_params: ModelParams, tokenizer: Tokenizer, sample_mode: Optional[str] = None):
+        """sample_mode: "stream", "lines" or "synthetic", the layout of the training samples (None: not
+        known); it decides how text samples show <eos> and whether sampling stops there (model/sample_text.py)."""
         super().__init__()
         check_model_params(model_params)
         mp = self.model_params = model_params
         self.tokenizer = tokenizer
+        self.sample_mode: Optional[str] = check_sample_mode(sample_mode)
         self.n_tokens: int = tokenizer.vocab_size
         # Construction draws random numbers that differ between the two layer architectures; undo them,
         # so that init_weights draws the same weights for the same seed whichever architecture is used.
         with torch.random.fork_rng(devices=[]):
             self.embedding = nn.Embedding(self.n_tokens, mp.dim)
-            self.pos_embedding = nn.Embedding(mp.max_seq_len, mp.dim) if mp.positional_encoding == "learned" else None
+            # recurrent models know the order of their inputs: they get no position embedding
+            positions = None if is_recurrent(mp) else mp.positional_encoding
+            self.pos_embedding = nn.Embedding(mp.max_seq_len, mp.dim) if positions == "learned" else None
             self.hook_embed = HookPoint("hook_embed")  # identity modules marking activations (model/hooks.py)
             self.hook_pos_embed = HookPoint("hook_pos_embed") if self.pos_embedding is not None else None
-            if mp.positional_encoding == "sinusoidal":
+            if positions == "sinusoidal":
                 self.register_buffer("pos_encoding", sinusoidal_positions(mp.max_seq_len, mp.dim), persistent=False)
             else:
                 self.pos_encoding = None
             self.dropout = make_dropout(mp.dropout)  # on the input embeddings
-            self.decoder = Transformer(mp)
+            self.decoder = RecurrentDecoder(mp) if is_recurrent(mp) else Transformer(mp)
             self.out_proj = OutputProjection(mp.dim, self.n_tokens, bias=False)  # an nn.Linear
         if mp.tie_embeddings:
             self.out_proj.weight = self.embedding.weight
@@ -68,6 +78,7 @@ class LM(nn.Module):
         """GPT-2's initialisation: N(0, 0.02) for embeddings and linear weights, with the residual
         projections (attention out_proj, linear2) scaled by 1/sqrt(2 * n_layers); zero biases;
         norm gains 1. Applies to these module types wherever they are (your added nn.Linear too);
+        recurrent layers (nn.LSTM, nn.GRU, nn.RNN) redraw torch's default, U(-1/sqrt(dim), 1/sqrt(dim));
         parameters of other modules keep their own init."""
         residual_std = 0.02 / math.sqrt(2 * self.model_params.n_layers)
         for name, module in self.named_modules():
@@ -79,6 +90,8 @@ class LM(nn.Module):
                 nn.init.normal_(module.in_proj_weight, 0.0, 0.02)
                 if module.in_proj_bias is not None:
                     nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, nn.RNNBase):
+                module.reset_parameters()
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, 0.02)
             elif isinstance(module, nn.Linear) and not (module is self.out_proj and self.model_params.tie_embeddings):
@@ -89,7 +102,7 @@ class LM(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, x: InputIds, get_embeddings: bool = False, get_attn: bool = False,
-                kv_cache: Optional[KVCache] = None) -> Union[Tensor, Dict[str, Tensor]]:
+                kv_cache: Optional[DecoderCache] = None) -> Union[Tensor, Dict[str, Tensor]]:
         """Logits [batch, seq, vocab] for x: a string, a list of ids, a 1-D tensor (float tensors of
         whole numbers too, as torch.Tensor(ids) gives) or a [batch, seq] tensor (right-padded batches
         need no mask: causal attention never lets a real token see the padding after it).
@@ -97,8 +110,10 @@ class LM(nn.Module):
         get_embeddings / get_attn: return a dict with "logits" and
           "embeddings" [batch, n_layers + 1, seq, dim]: entry 0 is the input embedding (tokens +
              positions), entry i the residual stream after block i (the last before final_norm);
-          "attns" [batch, n_layers, n_heads, seq, seq]: attention weights, query x key.
-        kv_cache: a cache holding the earlier tokens' keys/values (sampling); x are the next tokens.
+             for recurrent models the token embedding, then each layer's output;
+          "attns" [batch, n_layers, n_heads, seq, seq]: attention weights, query x key (transformers only).
+        kv_cache: lm.new_kv_cache(), holding what the earlier tokens left (a transformer's keys/values,
+          a recurrent model's state); x are the next tokens (sampling).
         """
         attn_requests = None  # per-batch information for the attention function; set it after the assert below
         x = self.as_batch(x)
@@ -142,7 +157,7 @@ class LM(nn.Module):
             raise ValueError(f"LM input must be one sequence or a [batch, seq] batch, got shape {tuple(x.shape)}")
         return x.to(device=self.device, dtype=torch.long)
 
-    def check_input(self, x: Tensor, kv_cache: Optional[KVCache] = None) -> Tuple[bool, str]:
+    def check_input(self, x: Tensor, kv_cache: Optional[DecoderCache] = None) -> Tuple[bool, str]:
         """(True, "") when x [batch, seq] can be read, else (False, what is wrong and how to fix it)."""
         past = kv_cache.length if kv_cache is not None else 0
         max_len = self.model_params.max_seq_len
@@ -210,28 +225,30 @@ class LM(nn.Module):
     def sample(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
                max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
                top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
-               stop_at_eos: bool = True, hooks: Optional[Hooks] = None,
+               stop_at_eos: Optional[bool] = None, hooks: Optional[Hooks] = None,
                ) -> Union[str, List[int], List[Union[str, List[int]]]]:
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
-        Generation stops at eos (not included; with stop_at_eos=False it goes on across line ends, as
-        in stream-mode training data), when the returned sample reaches `max_seq_len` tokens
-        (prefix included; the bos that sample puts in front is not part of it), or when the model's
-        context (model_params.max_seq_len tokens read) is full: a sample never outgrows the context.
+        Generation stops at eos (not included) if stop_at_eos, when the returned sample reaches
+        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it), or
+        when the model's context (model_params.max_seq_len tokens read) is full: a sample never outgrows it.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
+        stop_at_eos=None: False for a model of stream-mode text, whose <eos> is a line end (so a bare
+        call continues the text), True otherwise (model/sample_text.py).
         pref may also be a list of prompts (strings, id lists, 1-D tensors; a list of ints is ONE
         prompt): they are sampled as a batch and a list of samples comes back, each the same as
         sampling its prompt alone with the same seed (every row has its own generator seeded with seed).
-        Returns text when as_str, else the list of ids. Runs in eval mode under no_grad (the
-        previous train/eval mode is restored), with a key/value cache.
+        Returns text when as_str (in stream mode with <eos> as a newline), else the list of ids. Runs in
+        eval mode under no_grad (the previous train/eval mode is restored), with a key/value cache.
         hooks: as in run_with_hooks, applied at every decoding step. With the cache, a step's hook
         tensors cover its new positions only (the whole prompt at the first step, then one token;
         several prompts are left-padded to one batch, so that first step includes the padding).
         """
         with self.hooks(hooks):
-            return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed, stop_at_eos)
+            return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed,
+                          resolve_stop_at_eos(stop_at_eos, self.sample_mode))
 
     def beam_search(self, pref: Union[str, Sequence[int], Tensor, List[Union[str, Sequence[int], Tensor]]] = "",
                     beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0, n_best: int = 1,
@@ -246,18 +263,23 @@ class LM(nn.Module):
         the hypothesis ended with it) / (number of new tokens) ** length_penalty. length_penalty > 0
         favours longer hypotheses. Search stops once beam_size hypotheses have ended (early stopping).
         pref may be a list of prompts (as in `sample`): then a list of those results comes back.
+        Text as in `sample` (stream mode: <eos> as a newline, seen only with stop_at_eos=False).
         hooks: as in `sample` (the batch rows are then the beams).
         """
         with self.hooks(hooks):
             return beam_search(self, pref, beam_size, max_seq_len, length_penalty, n_best, as_str, stop_at_eos,
                                **unsupported)
 
-    def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
-        """An empty key/value cache for `self(x, kv_cache=...)` with x of `batch_size` rows, one slot per
-        block, the model's context long. pad_left [batch_size]: left-padding counts of batched prompts
-        of different lengths (row r's first pad_left[r] tokens are padding: never attended to, and the
-        real tokens get positions 0, 1, ...), so each row gives the logits of its prompt run alone."""
-        return KVCache(self.decoder.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
+    def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> DecoderCache:
+        """An empty cache for `self(x, kv_cache=...)` with x of `batch_size` rows, from this model's decoder:
+        a KVCache (keys and values per block, the model's context long) for transformers, a RecurrentState
+        (each layer's state) for recurrent models. pad_left [batch_size]: left-padding counts of batched
+        prompts of different lengths (row r's first pad_left[r] tokens are padding: never attended to, the
+        real tokens get positions 0, 1, ...; a recurrent state skips them), so each row gives the logits of
+        its prompt run alone."""
+        if pad_left is not None:  # on the model's device: positions and masks are made from it at every step
+            pad_left = torch.as_tensor(pad_left, device=self.device)
+        return self.decoder.new_cache(batch_size=batch_size, pad_left=pad_left)
 
     def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
                      dummy_res: float = -1, batch_size: int = 32,
@@ -314,13 +336,19 @@ class LM(nn.Module):
         architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention.
         The copy is built from the code and model_params: modules put into decoder.layers by hand at run
         time are not carried over (those added in Transformer.__init__, as the README recipes do, are)."""
+        if layer_architecture != self.model_params.layer_architecture and (
+                is_recurrent(self.model_params) or layer_architecture in RECURRENT_ARCHITECTURES):
+            raise ValueError(f"cannot convert a {self.model_params.layer_architecture!r} model to "
+                             f"{layer_architecture!r}: with_layer_architecture moves weights between the two "
+                             "transformer paths (torch-transformer, custom-transformer); recurrent and transformer "
+                             "models have different weights, so train a new model with that layer_architecture")
         return self._copy_with(layer_architecture=layer_architecture)
 
     def with_max_seq_len(self, max_seq_len: int) -> "LM":
         """A copy of this model (same weights) with a longer (or shorter) context: possible for positions
-        that have no trained table (rope, alibi, sinusoidal, none). Whether the model reads longer texts
+        that have no trained table (rope, alibi, sinusoidal, none; recurrent models). Whether the model reads longer texts
         well is another question (README: Architectures)."""
-        if self.model_params.positional_encoding == "learned" and max_seq_len > self.model_params.max_seq_len:
+        if self.pos_embedding is not None and max_seq_len > self.model_params.max_seq_len:
             raise ValueError(f"this model has learned positions for {self.model_params.max_seq_len} tokens "
                              f"(pos_embedding): it cannot read {max_seq_len}. Models with positional_encoding "
                              f"rope, alibi, sinusoidal or none can be given a longer context")
@@ -329,7 +357,7 @@ class LM(nn.Module):
     def _copy_with(self, **changes: Any) -> "LM":
         """This model rebuilt with ModelParams `changes`, its weights loaded, on the same device/dtype/mode."""
         params = dataclasses.replace(self.model_params, **changes)
-        other = LM(params, self.tokenizer).to(device=self.device, dtype=self.embedding.weight.dtype)
+        other = LM(params, self.tokenizer, self.sample_mode).to(device=self.device, dtype=self.embedding.weight.dtype)
         state = self.state_dict()
         if self.pos_embedding is not None and params.max_seq_len < self.model_params.max_seq_len:
             state["pos_embedding.weight"] = state["pos_embedding.weight"][: params.max_seq_len]
@@ -338,8 +366,14 @@ class LM(nn.Module):
 
     def __repr__(self) -> str:
         mp = self.model_params
-        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads, dim {mp.dim}, "
-                f"dim_ff {ff_width(mp)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
+        if is_recurrent(mp):
+            return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, dim {mp.dim}, context {mp.max_seq_len}, "
+                    f"vocab {self.n_tokens}; {self.n_parameters():,} parameters)")
+        kv = f" ({mp.n_kv_heads} kv)" if mp.n_kv_heads not in (None, mp.n_heads) else ""
+        options = [mp.positional_encoding, mp.norm, mp.activation] + \
+            [name for name in ("qk_norm", "parallel_block") if getattr(mp, name)]
+        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads{kv}, dim {mp.dim}, "
+                f"dim_ff {ff_width(mp)}, {' '.join(options)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
                 f"{self.n_parameters():,} parameters)")
 
 
@@ -351,6 +385,8 @@ def check_model_params(mp: ModelParams) -> None:
                         "(the run code copies DataParams.max_seq_len into it when it is None)")
     if mp.n_layers < 1 or mp.n_heads < 1 or mp.dim < 1:
         problems.append(f"need n_layers >= 1, n_heads >= 1, dim >= 1 (got {mp.n_layers}, {mp.n_heads}, {mp.dim})")
+    elif is_recurrent(mp):
+        pass  # no heads, no attention: n_heads and the transformer options are unused
     elif mp.dim % mp.n_heads:
         problems.append(f"dim ({mp.dim}) must be divisible by n_heads ({mp.n_heads})")
     else:
@@ -364,7 +400,8 @@ def check_model_params(mp: ModelParams) -> None:
     for field, value, options in (("activation", mp.activation, ACTIVATIONS),
                                   ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
                                   ("norm", mp.norm, NORMS),
-                                  ("layer_architecture", mp.layer_architecture, LAYER_ARCHITECTURES)):
+                                  ("layer_architecture", mp.layer_architecture,
+                                   LAYER_ARCHITECTURES + RECURRENT_ARCHITECTURES)):
         if value not in options:
             problems.append(f"unknown {field} {value!r}: choose one of {', '.join(options)}")
     if problems:

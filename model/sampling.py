@@ -8,6 +8,7 @@ from torch import Tensor
 from model.eval_mode import evaluating
 from model.matvec_layout import matvec_layout
 from model.prompts import fitting_groups, left_padded, read_prompts
+from model.sample_text import render_sample
 
 if TYPE_CHECKING:
     from model.lm import LM
@@ -117,5 +118,5 @@ def sample(lm: "LM", pref: Any = "", max_seq_len: int = 100, temperature: float 
                 new[i] = ids
     samples = [given + ids for given, ids in zip(prompts.given, new)]
     if as_str:
-        samples = [lm.tokenizer.decode(ids) for ids in samples]
+        samples = [render_sample(lm.tokenizer, ids, lm.sample_mode) for ids in samples]
     return samples if prompts.batched else samples[0]

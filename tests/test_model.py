@@ -270,7 +270,7 @@ def test_model_params_errors(tok):
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         make_lm(tok, activation="swish")
     with pytest.raises(ValueError, match="unknown layer_architecture"):
-        make_lm(tok, layer_architecture="rnn")
+        make_lm(tok, layer_architecture="mamba")
     with pytest.raises(ValueError, match="max_seq_len must be a positive int"):
         make_lm(tok, max_seq_len=None)
 

@@ -67,6 +67,10 @@ def test_unsupported_or_broken_checkpoints_fail_clearly(tmp_path, gpt2_folder):
         get_pretrained(bert)
     with pytest.raises(FileNotFoundError, match="no model folder"):
         get_pretrained(tmp_path / "missing")
+    with pytest.raises(OSError, match="(?s)could not load a model config from 'EleutherAI/not-in-the-cache'.*network"):
+        get_pretrained("EleutherAI/not-in-the-cache")  # tests run offline: a hub name not in the HF cache
+    with pytest.raises(FileNotFoundError, match="no tokenizer folder"):
+        get_pretrained(gpt2_folder, tokenizer_path=tmp_path / "no-such-tokenizer")
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         odd = tmp_path / "odd"
         GPT2Config(n_layer=1, n_embd=32, n_head=2, scale_attn_by_inverse_layer_idx=True).save_pretrained(odd)

@@ -27,7 +27,7 @@ TINY_RUN = ["--set", "TrainParams.max_steps=4", "--set", "max_train_samples=128"
 def run_readme_command(command: str, env: dict) -> subprocess.CompletedProcess:
     args = shlex.split(command)
     assert args[:2] == ["python3", "main.py"], command
-    if "--dry-run" not in args and "--list-params" not in args:
+    if not {"--dry-run", "--list-params", "--compare"} & set(args):
         args += TINY_RUN
     return subprocess.run([sys.executable, "main.py", *args[2:]], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -37,37 +37,47 @@ def run_readme_command(command: str, env: dict) -> subprocess.CompletedProcess:
 def env(tmp_path_factory):
     out = dict(os.environ)
     out["LM_SAVE_DIR"] = str(tmp_path_factory.mktemp("saved-models"))
+    out["LM_METRICS_DIR"] = str(tmp_path_factory.mktemp("metrics"))  # where --compare saves its plot
     out["PYTHONPATH"] = str(REPO)
     return out
 
 
 @pytest.fixture(scope="module")
 def saved_timestamp(env):
-    """Run the README's --save example; return the timestamp of the run it saved."""
-    [command] = [c for c in shell_commands() if "--save" in shlex.split(c)]
-    result = run_readme_command(command, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    folders = list(Path(env["LM_SAVE_DIR"]).glob("*/*/*/*/final.json"))
-    assert len(folders) == 1, folders
-    return folders[0].parent.name
+    """Run the README's --save examples in order; return the timestamp of the run the first one saved
+    (the later ones, a sweep, are there for the comparison examples)."""
+    stamps = []
+    for command in [c for c in shell_commands() if "--save" in shlex.split(c)]:
+        before = set(Path(env["LM_SAVE_DIR"]).glob("*/*/*/*/final.json"))
+        result = run_readme_command(command, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        new = set(Path(env["LM_SAVE_DIR"]).glob("*/*/*/*/final.json")) - before
+        assert new, f"{command} saved no run"
+        stamps.append(sorted(new)[0].parent.name)
+    assert stamps, "README has no --save example"
+    return stamps[0]
 
 
 def test_readme_has_examples():
     commands = shell_commands()
-    assert "python3 main.py --config=test-nlp --task=ptb --no-wandb" in commands
+    assert "python3 main.py --config=first-run --no-wandb" in commands
     assert any("--save" in c for c in commands) and any("--dry-run" in c for c in commands)
     assert len(python_examples()) >= 4
     assert EXAMPLE_TIMESTAMP in README.read_text()
 
 
 @pytest.mark.parametrize("command", [c for c in shell_commands() if "--save" not in shlex.split(c)])
-def test_shell_example(command, env):
+def test_shell_example(command, env, request):
+    if "--compare" in shlex.split(command):
+        request.getfixturevalue("saved_timestamp")  # the runs it compares
     result = run_readme_command(command, env)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     if "--dry-run" in command:
         assert result.stdout.startswith("[1/"), result.stdout
     elif "--list-params" in command:
         assert "DataParams" in result.stdout and "TrainParams" in result.stdout
+    elif "--compare" in command:
+        assert "best val_loss" in result.stdout and "plot: " in result.stdout, result.stdout
     else:  # a training: it reports validation losses and prints samples
         assert "val main: loss" in result.stdout and "greedy" in result.stdout, result.stdout[-2000:]
 

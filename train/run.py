@@ -42,7 +42,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
 
     Returns {"val_loss", "val_losses", "test_loss", "interrupted", "signal" ("SIGINT", "SIGTERM" or None),
     "diverged", "save_folder" (str or None), "save_error" (None, or why the save folder could not be
-    written: the run is then in "save_folder", elsewhere), "train_stats", "final"}."""
+    written: the run is then in "save_folder", elsewhere), "timestamp", "train_stats", "final"}."""
     dp, tp, args = namer.data_params, namer.train_params, namer.args
     check_train_params(tp)
     device = choose_device(getattr(args, "gpu_id", None))
@@ -55,7 +55,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     if mp.max_seq_len is None:
         mp = dataclasses.replace(mp, max_seq_len=dp.max_seq_len)
     L.seed_everything(tp.seed, workers=True, verbose=False)  # the weights depend on the seed alone
-    lm = LM(mp, dm.tokenizer)
+    lm = LM(mp, dm.tokenizer, sample_mode=dm.sample_mode)
     print(f"data:  {dm}\nmodel: {lm}\ndevice: {device}")
     resume = None
     if getattr(args, "resume", None):
@@ -81,7 +81,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
         if not getattr(args, "no_wandb", False):
             from train.wandb_setup import wandb_logger
             logger = wandb_logger(namer.wandb_proj_name(), namer.run_name(), params_config(dp, mp, tp, namer),
-                                  entity=getattr(args, "wandb_entity", None))
+                                  entity=getattr(args, "wandb_entity", None), **sweep_group_and_tags(namer))
         trainer = make_trainer(tp, device, n_train_batches=len(train_loader), logger=logger,
                                callbacks=all_callbacks)
         if tp.compile:
@@ -111,7 +111,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
                  diverged_at_step=nonfinite.diverged_at_step, steps=trainer.global_step,
                  samples=lm_trainer.n_samples_trained,
                  epochs_completed=lm_trainer.n_batches_trained // max(1, len(train_loader)),  # whole epochs only
-                 elapsed_s=lm_trainer.elapsed_s())
+                 elapsed_s=lm_trainer.elapsed_s(), tokens_per_s=lm_trainer.throughput.mean_tokens_per_s())
     train_stats = lm_trainer.train_stats  # flushes the last values to wandb too
     print_final(final)
     if diverged:
@@ -129,7 +129,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     return {"val_loss": final["val_loss"], "val_losses": final["val_losses"], "test_loss": final["test_loss"],
             "interrupted": interrupted, "signal": ctrl_c.signal_name, "diverged": diverged,
             "save_folder": str(save_folder) if save_folder else None, "save_error": save_error,
-            "train_stats": train_stats, "final": final}
+            "timestamp": namer.timestamp, "train_stats": train_stats, "final": final}
 
 
 def divergence_message(nonfinite: NonFiniteLoss, tp: TrainParams) -> str:
@@ -241,7 +241,11 @@ def final_losses(lm: LM, dm: LMDataModule, device: torch.device, skip: bool = Fa
     try:
         val_losses = {name: corpus_loss(lm, loader, device)
                       for name, loader in zip(dm.val_names, dm.val_dataloader())}
-        test_loss = corpus_loss(lm, dm.test_dataloader(), device)
+        twin = getattr(dm, "same_split", {}).get("test", "test")  # "val:main" when the task has no test split
+        if twin.startswith("val:") and twin[len("val:"):] in val_losses:
+            test_loss = val_losses[twin[len("val:"):]]  # the same samples: measured once
+        else:
+            test_loss = corpus_loss(lm, dm.test_dataloader(), device)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
     return {"val_loss": val_losses[dm.val_names[0]], "val_losses": val_losses, "test_loss": test_loss}
@@ -271,6 +275,14 @@ def params_config(dp: Any, mp: Any, tp: Any, namer: Any) -> Dict[str, Any]:
     """wandb config: every param, grouped by section, plus the run's swept values."""
     return {"data": dataclasses.asdict(dp), "model": dataclasses.asdict(mp), "train": dataclasses.asdict(tp),
             "varying": dict(getattr(namer, "varying", {}) or {}), "timestamp": namer.timestamp}
+
+
+def sweep_group_and_tags(namer: Any) -> Dict[str, Any]:
+    """The runs of one config share a wandb group (the config name) and carry their swept values as
+    tags ("n_layers=2", "lr=0.003"), so the wandb UI groups and filters a sweep without setup."""
+    from main import format_value
+    tags = [f"{key}={format_value(value)}"[:64] for key, value in (getattr(namer, "varying", None) or {}).items()]
+    return {"group": getattr(namer, "config_name", None), "tags": tags}
 
 
 def wandb_info(logger: Any) -> Optional[Dict[str, Any]]:

@@ -2,13 +2,14 @@
 
     {save_dir}/{config}/{task}/{run name}/{timestamp}/
         model.safetensors   the LM's weights (tied weights stored once)
-        params.json         {"data_params", "model_params", "train_params": dicts; "argv": the command
+        params.json         {"data_params", "model_params", "train_params": dicts; "sample_mode": the
+                            layout of the training samples (model/sample_text.py); "argv": the command
                             line; "versions": packages; "git_commit", "git_dirty"; "run": names, timestamp}
         tokenizer.json      the tokenizer (the `tokenizers` library's format)
         train_stats.json    {metric: [[steps, samples, counter, value], ...]}  (see train/train_stats.py)
         final.json          {"val_loss", "val_losses" (per validation set), "test_loss", "interrupted",
-                            "diverged", "steps", "samples", "elapsed_s", "weights_sha256"}, measured after
-                            training in eval mode
+                            "diverged", "steps", "samples", "elapsed_s", "tokens_per_s" (training
+                            throughput), "weights_sha256"}, measured after training in eval mode
         checkpoints/last.ckpt   Lightning's training state, for `--resume` (a pickle: not read by load_run)
 
 Nothing that `load_run` reads is a pickle. The folder is built under `{timestamp}.partial` (claimed when
@@ -76,7 +77,8 @@ def save_run(folder: PathLike, lm: Any, data_params: DataParams, model_params: M
     # safetensors creates the file readable by its owner only; give it the permissions of the other files
     os.chmod(tmp / "model.safetensors", os.stat(tmp / "tokenizer.json").st_mode & 0o777)
     params = {"data_params": dataclasses.asdict(data_params), "model_params": dataclasses.asdict(model_params),
-              "train_params": dataclasses.asdict(train_params), "run": run_info or {}, "argv": sys.argv,
+              "train_params": dataclasses.asdict(train_params), "sample_mode": getattr(lm, "sample_mode", None),
+              "run": run_info or {}, "argv": sys.argv,
               "versions": package_versions(), **git_state()}
     write_json(tmp / "params.json", params)
     write_json(tmp / "train_stats.json", {name: [list(e) for e in entries] for name, entries in train_stats.items()})
@@ -89,6 +91,7 @@ def load_run(folder: PathLike, device: Union[str, torch.device] = "cpu") -> Save
     """(lm in eval mode, tokenizer, train_stats, params, final) of a saved run folder. Raises
     DamagedRunError naming the file when one is missing, truncated or unreadable."""
     from model.lm import LM  # here so that reading params.json alone needs no model code
+    from model.sample_text import sample_mode_of_saved_run
 
     folder = Path(folder)
     missing = [name for name in FILES if not (folder / name).is_file()]
@@ -106,7 +109,7 @@ def load_run(folder: PathLike, device: Union[str, torch.device] = "cpu") -> Save
     problem = safetensors_problem(weights)
     if problem:
         raise DamagedRunError(f"{weights} is damaged: {problem}")
-    lm = LM(params["model_params"], tokenizer)
+    lm = LM(params["model_params"], tokenizer, sample_mode=sample_mode_of_saved_run(params))
     try:
         load_model(lm, str(weights), device=str(device))
     except RuntimeError as error:  # names or shapes that do not fit params.json's model

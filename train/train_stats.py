@@ -58,7 +58,8 @@ class Throughput:
     def __init__(self) -> None:
         self.tokens = 0
         self.seconds = 0.0
-        self.total_tokens = 0  # never reset: for progress lines that must not disturb the logged window
+        self.total_tokens = 0  # never reset: progress lines and mean_tokens_per_s (final.json)
+        self.total_seconds = 0.0
         self._since: Optional[float] = None
 
     def resume(self) -> None:
@@ -67,12 +68,22 @@ class Throughput:
 
     def pause(self) -> None:
         if self._since is not None:
-            self.seconds += time.perf_counter() - self._since
+            seconds = time.perf_counter() - self._since
+            self.seconds += seconds
+            self.total_seconds += seconds
             self._since = None
 
     def add_tokens(self, n: int) -> None:
         self.tokens += n
         self.total_tokens += n
+
+    def mean_tokens_per_s(self) -> Optional[float]:
+        """Tokens per second over all the training time measured (the final.json figure); None before any."""
+        running = self._since is not None
+        self.pause()
+        if running:
+            self.resume()
+        return self.total_tokens / self.total_seconds if self.total_seconds > 0 else None
 
     def tokens_per_s(self) -> float:
         """Tokens per second since the previous call (the window then starts again)."""

@@ -162,34 +162,44 @@ class LMTrainer(L.LightningModule):
         return {i: (total / count.clamp(min=1)).item() for i, (total, count) in sorted(self._loss_sums.items())}
 
     def print_progress(self, losses: Dict[int, float]) -> None:
-        """After each validation: the val losses and a few samples, in a few lines."""
+        """After each validation: the val losses and a few samples, in a few lines (the samples also
+        go to the logger as a text table, when it has one: wandb)."""
         sets = " | ".join(f"{self.val_names[i]}: loss {loss:.4f} ppl {perplexity(loss):.2f}" for i, loss in losses.items())
         self.print(f"\nepoch {self.current_epoch} step {self.global_step} ({self.n_samples_trained} samples, "
                    f"{self.elapsed_s():.0f} s) | val {sets}")
         if not all(math.isfinite(loss) for loss in losses.values()):
             self.print("  (no samples: the loss is not finite)")  # sampling from nan probabilities is impossible
             return
-        for line in self.sample_lines():
-            self.print(line)
+        samples = self.samples()
+        for kind, text in samples:
+            self.print(format_sample(kind, text, self.model.sample_mode))
+        if samples and self.logger is not None and hasattr(self.logger, "log_text"):
+            self.logger.log_text(key="samples", columns=["epoch", "step", "kind", "text"], step=self.global_step,
+                                 data=[[self.current_epoch, self.global_step, kind, text] for kind, text in samples])
 
-    def sample_lines(self) -> List[str]:
-        """One greedy and `n_print_samples - 1` sampled continuations of the first validation prompt
-        (the empty prompt for plain text, sampled across line ends as the text streams in training).
-        The global random state is left untouched."""
+    def samples(self) -> List[Tuple[str, str]]:
+        """(kind, text): one greedy and `n_print_samples - 1` sampled continuations of the first
+        validation prompt (the empty prompt for plain text, sampled across line ends as the text
+        streams in training), then the expected answer when the task has one. Text as LM.sample
+        renders it (stream-mode text: <eos> as a newline). The global random state is left untouched."""
         n, length = self.train_params.n_print_samples, self.train_params.print_sample_len
         prompt, expected = self._sample_prompt or ([], [])
         tok = self.model.tokenizer
-        lines = []
+        out = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                 torch.no_grad(), torch.compiler.set_stance("force_eager"):
             for i in range(n):
-                temperature, kind = (0.0, "greedy ") if i == 0 else (1.0, "sampled")
+                temperature, kind = (0.0, "greedy") if i == 0 else (1.0, "sampled")
                 text = self.model.sample(pref=prompt, max_seq_len=len(prompt) + length, temperature=temperature,
                                          as_str=True, seed=self.train_params.seed + i, stop_at_eos=bool(prompt))
-                lines.append(f"  {kind}: {text!r}")
+                out.append((kind, text))
         if prompt and expected and n:
-            lines.append(f"  expected: {tok.decode(prompt + expected)!r}")
-        return lines
+            out.append(("expected", tok.decode(prompt + expected)))
+        return out
+
+    def sample_lines(self) -> List[str]:
+        """The printed form of `samples()`."""
+        return [format_sample(kind, text, self.model.sample_mode) for kind, text in self.samples()]
 
     # ---- optimizer -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Dict[str, Any]:
@@ -316,6 +326,15 @@ def group_by_step(flushed: List[Tuple[str, Tuple[int, int, int, float]]]) -> Lis
         else:
             groups.append((s, {name: v}))
     return groups
+
+
+def format_sample(kind: str, text: str, sample_mode: Optional[str]) -> str:
+    """"  greedy : 'text'"; stream-mode text as it reads (its lines indented under the first), other
+    samples quoted (repr), which shows <eos> and stray whitespace."""
+    head = f"  {kind:<7}: "
+    if sample_mode != "stream":
+        return head + repr(text)
+    return head + text.replace("\n", "\n" + " " * len(head))
 
 
 def perplexity(loss: float) -> float:

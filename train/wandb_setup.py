@@ -9,15 +9,17 @@ import netrc
 import os
 import socket
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 _reason_told = False  # the reason for going offline is printed once per process
 
 
-def wandb_logger(project: str, name: Optional[str], config: Dict[str, Any], entity: Optional[str] = None) -> Any:
-    """A Lightning WandbLogger whose run has started (online if possible, else offline)."""
+def wandb_logger(project: str, name: Optional[str], config: Dict[str, Any], entity: Optional[str] = None,
+                 group: Optional[str] = None, tags: Sequence[str] = ()) -> Any:
+    """A Lightning WandbLogger whose run has started (online if possible, else offline).
+    group, tags: wandb's run group and tags (train/run.py: the config name and the swept values)."""
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
@@ -27,7 +29,7 @@ def wandb_logger(project: str, name: Optional[str], config: Dict[str, Any], enti
 
     def make(mode: str) -> Any:
         logger = WandbLogger(project=project, name=name, entity=entity or os.environ.get("WANDB_ENTITY") or None,
-                             config=config, save_dir=str(save_dir), mode=mode,
+                             config=config, save_dir=str(save_dir), mode=mode, group=group, tags=list(tags) or None,
                              settings=wandb.Settings(init_timeout=60))
         logger.experiment  # start the run now, so that a failure shows here and not mid-training
         return logger

@@ -6,7 +6,7 @@
 `self.layers` may also hold plain modules between the blocks (e.g. an nn.ReLU()); they are
 called with the hidden state alone.
 """
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -48,6 +48,10 @@ class Transformer(nn.Module):
     def n_blocks(self) -> int:
         """Transformer blocks in self.layers (plain inserted modules not counted)."""
         return sum(is_block(layer) for layer in self.layers)
+
+    def new_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> KVCache:
+        """An empty key/value cache, one slot per block, the model's context long (see lm.new_kv_cache)."""
+        return KVCache(self.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[KVCache] = None,
                 get_embeddings: bool = False, get_attn: bool = False,
