@@ -1,19 +1,20 @@
 """Architectures on the same budget: trains configs/copy-length.txt (or --config) once per setting and
-reports each validation set's loss and exact-match rate, val:long measuring length generalisation.
+reports each validation set's loss, token accuracy and exact-match rate, val:long measuring length
+generalisation.
 
     .venv/bin/python bench/bench_architectures.py [--config copy-length] [--setting NAME=KEY=VALUE;KEY=VALUE ...]
 
 A setting is a name and `--set` overrides separated by ";" (the same syntax as main.py's --set);
 without --setting the rows of SETTINGS below run. Every setting trains with the config's data,
-model size and steps; only the overrides differ. Exact match: the share of samples whose every answer
-token is the model's most likely next token given the correct prefix, which is exactly the share
-that greedy decoding answers correctly.
+model size and steps; only the overrides differ. Token accuracy: the share of answer tokens that
+are the model's most likely next token given the correct prefix; exact match: the share of samples
+whose every answer token is, which is exactly the share that greedy decoding answers correctly.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,18 +43,21 @@ class KeepModel(Callback):
         self.lm = pl_module.model
 
 
-def exact_match(lm: Any, loader: Any) -> float:
-    """Share of samples whose counted targets are all the argmax of the logits (teacher forcing)."""
-    right = total = 0
+def accuracies(lm: Any, loader: Any) -> Tuple[float, float]:
+    """(share of samples whose counted targets are all the argmax of the logits (teacher forcing),
+    share of counted target tokens that are the argmax)."""
+    right_samples = samples = right_tokens = tokens = 0
     with evaluating(lm):
         for batch in loader:
             batch = {k: v.to(lm.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             _, y, z = lm.get_batch_xyz(batch)
             counted = y != -100
-            correct = (z.argmax(-1) == y) | ~counted
-            right += correct.all(dim=1).sum().item()
-            total += y.shape[0]
-    return right / total
+            hit = z.argmax(-1) == y
+            right_samples += (hit | ~counted).all(dim=1).sum().item()
+            samples += y.shape[0]
+            right_tokens += (hit & counted).sum().item()
+            tokens += counted.sum().item()
+    return right_samples / samples, right_tokens / tokens
 
 
 def bench_setting(config: str, overrides: List[str], args: argparse.Namespace) -> Dict[str, Any]:
@@ -67,8 +71,8 @@ def bench_setting(config: str, overrides: List[str], args: argparse.Namespace) -
     seconds = time.perf_counter() - start
     lm = keep.lm
     dm = LMDataModule(run.params["DataParams"], batch_size=64, tokenizer=lm.tokenizer)
-    matches = {name: exact_match(lm, loader) for name, loader in zip(dm.val_names, dm.val_dataloader())}
-    return {"params": lm.n_parameters(), "seconds": seconds, "val_losses": result["val_losses"], "exact": matches}
+    scores = {name: accuracies(lm, loader) for name, loader in zip(dm.val_names, dm.val_dataloader())}
+    return {"params": lm.n_parameters(), "seconds": seconds, "val_losses": result["val_losses"], "scores": scores}
 
 
 def main() -> None:
@@ -91,13 +95,16 @@ def main() -> None:
     for name, overrides in settings.items():
         print(f"=== {name}: {' '.join(overrides)}", flush=True)
         rows.append((name, bench_setting(args.config, overrides, args)))
-    val_names = list(rows[0][1]["exact"])
-    header = ["setting", "parameters", "train+eval s"] + [f"val:{n} loss" for n in val_names] + \
-        [f"val:{n} exact match" for n in val_names]
+    val_names = list(rows[0][1]["scores"])
+    header = ["setting", "parameters", "train+eval s"]
+    for n in val_names:
+        header += [f"val:{n} loss", f"val:{n} token accuracy", f"val:{n} exact match"]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, r in rows:
-        cells = [name, f"{r['params']:,}", f"{r['seconds']:.0f}"] + [f"{r['val_losses'][n]:.4f}" for n in val_names] + \
-            [f"{r['exact'][n]:.1%}" for n in val_names]
+        cells = [name, f"{r['params']:,}", f"{r['seconds']:.0f}"]
+        for n in val_names:
+            exact, token = r["scores"][n]
+            cells += [f"{r['val_losses'][n]:.4f}", f"{token:.1%}", f"{exact:.1%}"]
         print("| " + " | ".join(cells) + " |")
 
 

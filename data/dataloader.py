@@ -66,6 +66,9 @@ class LMDataModule(lightning.LightningDataModule):
         # a split that is the very list of an earlier one (test = val) reuses that one's ids and samples
         first_holder: Dict[int, str] = {}
         same_as = {split: first_holder.setdefault(id(samples), split) for split, samples in splits.items()}
+        # split -> the earlier split whose very samples it holds (itself when distinct): the final
+        # evaluation measures a test set that is the validation set once
+        self.same_split: Dict[str, str] = dict(same_as)
         distinct = {s: splits[s] for s in splits if same_as[s] == s}
         texts = self._texts(distinct, task.synthetic)
         if tokenizer is None:

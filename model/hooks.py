@@ -33,6 +33,10 @@ and hook_resid_mid hold the same tensor (norm1's output), as do ln2.hook_normali
 hook_resid_post (norm2's); the ln hook fires first, the resid hook sees its result. Parallel blocks
 (parallel_block=True) add attention and feed-forward to the same input: they have no hook_resid_mid.
 
+Recurrent models (lstm, gru, rnn: model/recurrent.py) have hook_embed, blocks.{i}.hook_resid_post
+(layer i's output, before its dropout: get_embeddings entry i + 1) and ln_final.hook_normalized. A
+replaced output feeds the next layer; the state a layer carries to the next decoding step is its own.
+
 With a key/value cache (sampling) each call covers the new positions only: q, k, v, z and the
 residual-stream tensors have seq = the new tokens (1 per step after the prompt); scores and pattern
 are [batch, heads, new, all keys so far]. k and v are hooked before they enter the cache, so a

@@ -276,6 +276,8 @@ class LM(nn.Module):
         prompts of different lengths (row r's first pad_left[r] tokens are padding: never attended to, the
         real tokens get positions 0, 1, ...; a recurrent state skips them), so each row gives the logits of
         its prompt run alone."""
+        if pad_left is not None:  # on the model's device: positions and masks are made from it at every step
+            pad_left = torch.as_tensor(pad_left, device=self.device)
         return self.decoder.new_cache(batch_size=batch_size, pad_left=pad_left)
 
     def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
@@ -366,8 +368,11 @@ class LM(nn.Module):
         if is_recurrent(mp):
             return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, dim {mp.dim}, context {mp.max_seq_len}, "
                     f"vocab {self.n_tokens}; {self.n_parameters():,} parameters)")
-        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads, dim {mp.dim}, "
-                f"dim_ff {ff_width(mp)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
+        kv = f" ({mp.n_kv_heads} kv)" if mp.n_kv_heads not in (None, mp.n_heads) else ""
+        options = [mp.positional_encoding, mp.norm, mp.activation] + \
+            [name for name in ("qk_norm", "parallel_block") if getattr(mp, name)]
+        return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads{kv}, dim {mp.dim}, "
+                f"dim_ff {ff_width(mp)}, {' '.join(options)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
                 f"{self.n_parameters():,} parameters)")
 
 

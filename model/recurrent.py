@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from model.hooks import HookPoint
 from model.model_params import ModelParams
 from model.transformer.kv_cache import check_pad_left
 from model.transformer.norms import make_norm
@@ -90,6 +91,9 @@ class RecurrentDecoder(nn.Module):
         self.layers = nn.ModuleList([make_recurrent_layer(mp) for _ in range(mp.n_layers)])
         self.dropout = nn.Dropout(mp.dropout)  # after each layer: between layers and on the output
         self.final_norm = make_norm(mp.dim, mp) if mp.final_norm else None  # ModelParams.norm
+        # hook points (model/hooks.py): each layer's output, the final norm's output
+        self.hook_resid_post = nn.ModuleList([HookPoint(f"blocks.{i}.hook_resid_post") for i in range(mp.n_layers)])
+        self.hook_ln_final = HookPoint("ln_final.hook_normalized") if mp.final_norm else None
 
     @property
     def n_blocks(self) -> int:
@@ -122,6 +126,7 @@ class RecurrentDecoder(nn.Module):
                 continue
             state = kv_cache.layers[block_index] if kv_cache is not None else None
             out, state = run_layer(layer, x, state, n_pad)
+            out = self.hook_resid_post[block_index](out)
             if kv_cache is not None:
                 kv_cache.layers[block_index] = state
             if embeddings is not None:
@@ -131,7 +136,7 @@ class RecurrentDecoder(nn.Module):
         if kv_cache is not None:
             kv_cache.length += x.shape[1]
         if self.final_norm is not None:
-            x = self.final_norm(x)
+            x = self.hook_ln_final(self.final_norm(x))
         return x, embeddings, None
 
 

@@ -122,9 +122,11 @@ def test_left_padded_batch_gives_each_prompts_solo_logits(tok, name):
     steps = torch.tensor([[3, 7], [4, 8], [6, 9]])
     with torch.no_grad():
         cache = lm.new_kv_cache(batch_size=3, pad_left=pad_left)
-        first = lm(batch, kv_cache=cache)
+        out = lm(batch, kv_cache=cache, get_attn=True)
+        first = out["logits"]
         later = [lm(steps[:, i:i + 1], kv_cache=cache) for i in range(2)]
         for row, prompt in enumerate(prompts):
+            assert not out["attns"][row, :, :, pad_left[row]:, :pad_left[row]].any(), "no token reads padding"
             solo = lm([prompt + steps[row].tolist()])[0]
             torch.testing.assert_close(first[row, pad_left[row]:], solo[:len(prompt)], rtol=0, atol=1e-5)
             torch.testing.assert_close(torch.cat([later[0][row], later[1][row]]), solo[len(prompt):],
@@ -282,6 +284,7 @@ def test_parameter_names_of_the_options(tok):
                       p + "linear1.weight": (64, 16), p + "gate.weight": (64, 16), p + "linear2.weight": (16, 64),
                       p + "norm1.weight": (16,), p + "norm2.weight": (16,)}
     assert isinstance(lm.decoder.final_norm, torch.nn.RMSNorm)
+    assert "4 heads (1 kv), dim 16, dim_ff 64, learned rmsnorm swiglu qk_norm, context 24" in repr(lm)
     assert make_lm(tok, activation="geglu", dim=48, n_heads=4).decoder.layers[0].gate.out_features == 128  # 8/3*48
 
 

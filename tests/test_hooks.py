@@ -291,3 +291,26 @@ def test_batched_sampling_and_beam_search_with_hooks(tok):
             == by_hand.sample(prompts, temperature=0, **kwargs))
     assert lm.beam_search("the", beam_size=3, hooks=no_attn, **kwargs) == by_hand.beam_search("the", beam_size=3, **kwargs)
     assert attached_hooks(lm) == 0 and isinstance(lm.decoder.layers[0], TorchTransformerEncoderLayer)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_models_hook_embeddings_layer_outputs_and_final_norm(tok, kind):
+    lm = make_lm(tok, layer_architecture=kind, final_norm=True).eval()
+    names = lm.hook_names()
+    assert names == ["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
+    x = torch.tensor([tok(TEXT)])
+    with torch.no_grad():
+        out = lm(x, get_embeddings=True)
+        logits, cache = lm.run_with_cache(x)
+        assert torch.equal(logits, out["logits"])
+        for i in range(2):
+            assert torch.equal(cache[f"blocks.{i}.hook_resid_post"], out["embeddings"][:, i + 1])
+        assert torch.equal(cache["hook_embed"], out["embeddings"][:, 0])  # no positions, no dropout in eval
+        # patching layer 0's output from another text makes layer 1 read that text's features
+        other = torch.tensor([tok(TEXT)[::-1]])
+        _, other_cache = lm.run_with_cache(other, names=["blocks.0.hook_resid_post"])
+        patched = lm.run_with_hooks(x, {"blocks.0.hook_resid_post": lambda t, n: other_cache[n]})
+        assert torch.equal(patched, lm(other))
+    seen = []
+    lm.sample("the", max_seq_len=8, temperature=0, hooks={"blocks.1.hook_resid_post": lambda t, n: seen.append(t.shape[1])})
+    assert seen[0] == 4 and set(seen[1:]) <= {1}

@@ -60,7 +60,7 @@ def saved_timestamp(env):
 
 def test_readme_has_examples():
     commands = shell_commands()
-    assert "python3 main.py --config=test-nlp --task=ptb --no-wandb" in commands
+    assert "python3 main.py --config=first-run --no-wandb" in commands
     assert any("--save" in c for c in commands) and any("--dry-run" in c for c in commands)
     assert len(python_examples()) >= 4
     assert EXAMPLE_TIMESTAMP in README.read_text()

@@ -162,3 +162,24 @@ def test_max_steps_gives_enough_epochs_to_reach_it():
     assert (trainer.max_steps, trainer.max_epochs) == (10, 5)  # 10 steps x 2 batches / 4 batches per epoch
     assert make_trainer(TrainParams(epochs=3), torch.device("cpu"), n_train_batches=4,
                         enable_progress_bar=False).max_epochs == 3
+
+
+def test_final_losses_measure_a_test_set_that_is_the_validation_set_once(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from data.dataloader import DataParams, LMDataModule
+    from train import run
+
+    (tmp_path / "mytask").mkdir()
+    (tmp_path / "mytask" / "data.txt").write_text("\n".join(f"w{i % 7} w{i % 5} w{i % 3}" for i in range(60)) + "\n")
+    lm_for = lambda dm: LM(ModelParams(n_layers=1, dim=16, n_heads=2, max_seq_len=8), dm.tokenizer)  # noqa: E731
+    calls = []
+    monkeypatch.setattr(run, "corpus_loss", lambda lm, loader, device: calls.append(loader) or corpus_loss(lm, loader, device))
+    for test_frac, expected_calls in ((0.0, 1), (0.2, 2)):
+        dm = LMDataModule(DataParams(dataset_name="mytask", max_seq_len=8, test_frac=test_frac), batch_size=4,
+                          data_path=tmp_path, cache_dir=tmp_path / "cache")
+        lm = lm_for(dm)
+        calls.clear()
+        final = run.final_losses(lm, dm, torch.device("cpu"))
+        assert len(calls) == expected_calls
+        assert final["test_loss"] == corpus_loss(lm, dm.test_dataloader())
+    assert dm.same_split["test"] == "test"
