@@ -237,4 +237,5 @@ def export_family(mp: Any) -> Family:
 
 
 def supported_model_types() -> Sequence[str]:
+    """transformers' `model_type` values get_pretrained converts (hf_families/ has one table per family)."""
     return tuple(FAMILIES)

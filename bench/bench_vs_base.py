@@ -77,7 +77,7 @@ def _steady_worker(tree: Path, steps: int) -> None:
             self.times.append(time.perf_counter())
             self.tokens.append(int(batch["mask"][:, :-1].sum()))
 
-    run = load_runs("shakespeare-char", ["batch_size=12", f"max_steps={steps}", "limit_val_batches=0"])[0]
+    run = load_runs("shakespeare-char", ["batch_size=12", f"max_steps={steps}"])[0]
     dp, mp, tp = run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"]
     import dataclasses
     dm = LMDataModule(dp, batch_size=tp.batch_size, seed=tp.seed)

@@ -81,10 +81,10 @@ def greedy_reference(hf, context: List[int], max_new_tokens: int, eos: int) -> L
     return out[:out.index(eos)] if eos in out else out
 
 
-def check_greedy_sample(lm: LM, hf, prompt: str = TEXTS[0], length: int = 40) -> None:
+def check_greedy_sample(lm: LM, hf, prompt: str = TEXTS[0], new_tokens: int = 30) -> None:
     pref = lm.tokenizer(prompt)
-    ours = lm.sample(pref=pref, max_seq_len=length, temperature=0, as_str=False)
-    theirs = greedy_reference(hf, [lm.tokenizer.bos_id] + pref, length - len(pref), lm.tokenizer.eos_id)
+    ours = lm.sample(pref=pref, max_seq_len=len(pref) + new_tokens, temperature=0, as_str=False)
+    theirs = greedy_reference(hf, [lm.tokenizer.bos_id] + pref, new_tokens, lm.tokenizer.eos_id)
     assert ours == pref + theirs
     assert len(set(theirs)) > 3, "a varied continuation, not one token repeated"
 
@@ -136,9 +136,9 @@ CHECKPOINTS: Dict[str, tuple] = {
                                       rotary_pct=0.5, use_parallel_residual=False, attention_bias=False,
                                       tie_word_embeddings=True, bos_token_id=EOS, eos_token_id=EOS),
                         dict(parallel_block=False, rotary_frac=0.5, tie_embeddings=True)),
-    "llama": (LlamaForCausalLM,
+    "llama": (LlamaForCausalLM,  # with a sentencepiece-style LlamaTokenizer (<unk> 0, <s> 1, </s> 2)
               LlamaConfig(**SIZE, num_key_value_heads=2, intermediate_size=96, rope_theta=500000.0,
-                          rms_norm_eps=1e-5, **LLAMA_SPECIALS),
+                          rms_norm_eps=1e-5, vocab_size=128, bos_token_id=1, eos_token_id=2),
               dict(n_kv_heads=2, activation="swiglu", norm="rmsnorm", rope_base=500000.0, bias=False,
                    tie_embeddings=False)),
     "smollm": (LlamaForCausalLM,  # SmolLM / TinyLlama shape: tied head, few kv heads
@@ -164,10 +164,25 @@ CHECKPOINTS: Dict[str, tuple] = {
 }
 
 
+def save_llama_tokenizer(folder: Path) -> None:
+    """transformers' own LlamaTokenizer (tokenizer_class "LlamaTokenizer", as Llama checkpoints have):
+    a small sentencepiece-style BPE ("▁" marks a word start) over the characters of TEXTS."""
+    from transformers import LlamaTokenizer
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for char in sorted(set("".join(TEXTS).replace(" ", "▁"))):
+        vocab.setdefault(char, len(vocab))
+    merges = [("▁", "t"), ("h", "e"), ("▁t", "he"), ("▁", "w"), ("e", "r"), ("▁w", "e"), ("a", "t")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    LlamaTokenizer(vocab=vocab, merges=merges).save_pretrained(folder)
+
+
 def make_checkpoint(folder: Path, model_class: Callable, config) -> Path:
     torch.manual_seed(0)
     randomize(model_class(config)).save_pretrained(folder)
-    if config.bos_token_id == EOS:
+    if config.bos_token_id == 1:
+        save_llama_tokenizer(folder)
+    elif config.bos_token_id == EOS:
         save_tokenizer(folder, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     else:
         save_tokenizer(folder, ["<s>", "</s>"], bos_token="<s>", eos_token="</s>")

@@ -146,3 +146,6 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
     with pytest.raises(ValueError, match=r"GPT-2: norm_first=False \(GPT-2 is pre-LN\)"):
         export_hf(lm, tmp_path / "post-ln")
     assert not (tmp_path / "post-ln").exists()
+    lstm = LM(ModelParams(n_layers=1, n_heads=2, dim=16, max_seq_len=16, layer_architecture="lstm"), tokenizer)
+    with pytest.raises(ValueError, match=r"GPT-2: layer_architecture='lstm' \(GPT-2 is a transformer\)"):
+        export_hf(lstm, tmp_path / "lstm")
