@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from data.tokenizer import Tokenizer
 from model.hooks import HookPoint, Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
 from model.model_params import ModelParams
+from model.output_projection import OutputProjection
 from model.perplexity import perplexities
 from model.sample_text import check_sample_mode, resolve_stop_at_eos
 from model.beam_search import beam_search
@@ -36,7 +37,7 @@ from model.transformer.kv_cache import KVCache
 from model.transformer.norms import NORMS
 from model.transformer.positions import rotary_dims, sinusoidal_positions, token_positions
 from model.transformer.transformer import LAYER_ARCHITECTURES, Transformer
-from model.transformer.transformerencoderlayer import SelfAttention
+from model.transformer.transformerencoderlayer import SelfAttention, make_dropout
 
 POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
@@ -66,9 +67,9 @@ class LM(nn.Module):
                 self.register_buffer("pos_encoding", sinusoidal_positions(mp.max_seq_len, mp.dim), persistent=False)
             else:
                 self.pos_encoding = None
-            self.dropout = nn.Dropout(mp.dropout)  # on the input embeddings
+            self.dropout = make_dropout(mp.dropout)  # on the input embeddings
             self.decoder = RecurrentDecoder(mp) if is_recurrent(mp) else Transformer(mp)
-            self.out_proj = nn.Linear(mp.dim, self.n_tokens, bias=False)
+            self.out_proj = OutputProjection(mp.dim, self.n_tokens, bias=False)  # an nn.Linear
         if mp.tie_embeddings:
             self.out_proj.weight = self.embedding.weight
         self.init_weights()

@@ -7,6 +7,8 @@ from transformers import GPT2LMHeadModel
 from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
+from model.matvec_layout import large_linear_weights, matvec_layout
+from model.output_projection import LARGE_WEIGHT, OutputProjection
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_lm as make_tiny_lm
 from test_gpt2 import EOS, random_gpt2, tokenizer_folder
@@ -129,3 +131,41 @@ def test_decoding_argument_errors(tok):
         lm.sample(["ab", "a" * 30])
     with pytest.raises(ValueError, match=r"prompt 0 token ids must be in \[0, "):
         lm.sample([[999], [3]])
+
+
+def test_output_projection_products_agree():
+    """lm.out_proj computes weight @ h.T for a few rows on a CPU when the weight is large: the same logits."""
+    torch.manual_seed(0)
+    proj = OutputProjection(64, 70000, bias=False)
+    assert proj.weight.numel() >= LARGE_WEIGHT
+    for rows in (1, 2, 5, 8, 9):
+        h = torch.randn(rows, 1, 64)
+        expected = torch.nn.functional.linear(h, proj.weight)
+        with torch.no_grad():
+            assert torch.allclose(proj(h), expected, atol=1e-5)
+        assert torch.equal(proj(h), expected)  # with gradients it is F.linear itself
+
+
+def test_matvec_layout_swaps_in_equal_copies_and_sees_edits(tok):
+    """Decoding on a CPU reads large block weights from [in, out]-ordered copies: the same values,
+    restored afterwards, and remade after any edit (in place, or through .data)."""
+    lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8)
+    weights = large_linear_weights(lm.decoder)
+    assert {tuple(w.shape) for w in weights} == {(1920, 640), (2560, 640), (640, 2560)}
+    values = [w.detach().clone() for w in weights]
+    with matvec_layout(lm):
+        assert all(torch.equal(w, v) and not w.is_contiguous() for w, v in zip(weights, values))
+    assert all(w.is_contiguous() for w in weights)
+    with torch.no_grad():
+        weights[0][0, 0] += 1.0
+    weights[1].data[3, 4] -= 1.0  # not seen by the version counter
+    with matvec_layout(lm):
+        assert torch.equal(weights[0][0, 0], values[0][0, 0] + 1.0)
+        assert torch.equal(weights[1][3, 4], values[1][3, 4] - 1.0)
+    greedy = lm.sample("the", max_seq_len=12, temperature=0, as_str=False)
+    lm.__dict__.pop("_matvec_copies")
+    with torch.no_grad():
+        ids = [tok.bos_id] + tok("the")
+        for _ in range(12 - 3):
+            ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
+    assert greedy == ids[1:]

@@ -130,6 +130,7 @@ def test_ptb_run_saves_a_reloadable_folder_and_an_offline_wandb_run(
     namer = make_namer(tmp_path, dict(dataset_name="ptb", max_seq_len=16, max_train_samples=96, max_eval_samples=32),
                        dict(epochs=1, batch_size=16, lr=3e-3, warmup_steps=2, hyperparams_log_freq=2), [])
     namer.args.no_wandb, namer.args.save = False, True
+    namer.varying = {"lr": 3e-3}  # as in a sweep: the run's wandb tags
     result = run_training(namer, callbacks=[keep])
 
     folder = Path(result["save_folder"])
@@ -155,6 +156,12 @@ def test_ptb_run_saves_a_reloadable_folder_and_an_offline_wandb_run(
     records = b"".join(p.read_bytes() for p in run_dir.glob("*.wandb"))
     for metric in (b"stat/train_loss", b"stat/val_loss:main", b"stat/lr", b"stat/test_loss"):
         assert metric in records, f"{metric} missing from the offline wandb run"
+    # the sweep's group (config name) and tags (swept values): the run record's run_group (protobuf field 6)
+    # and tags (field 10); and the printed samples as a table
+    assert b"2\ntest-train" in records and b"R\x08lr=0.003" in records
+    [table] = run_dir.glob("files/media/table/samples_*.table.json")
+    table = json.loads(table.read_text())
+    assert table["columns"] == ["epoch", "step", "kind", "text"] and [row[2] for row in table["data"]] == ["greedy", "sampled"]
 
 
 def test_a_run_stopped_by_max_steps_resumes_to_the_same_weights(tmp_path: Path) -> None:

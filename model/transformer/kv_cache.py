@@ -40,10 +40,10 @@ class LayerKVCache:
         if self.k is None:  # allocate on first use, with the dtype/device/shape the layer produces
             shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
             self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
+        self.k.narrow(2, start, end - start).copy_(k)  # narrow: the same as [:, :, start:end], fewer Python steps
+        self.v.narrow(2, start, end - start).copy_(v)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
     def reorder(self, indices: Tensor, pad_left: Optional[Tensor]) -> None:
         """Keep / repeat batch rows: row i becomes old row indices[i]. Copies only the filled positions

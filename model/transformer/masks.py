@@ -14,6 +14,9 @@ def hidden_keys(seq: int, n_keys: int, pad_left: Optional[Tensor], device: torch
     Right-padded batches need nothing: padding comes after every real token, causality hides it."""
     if seq == 1 and pad_left is None:
         return None
+    if seq == 1:  # one new token per row (a sampling step), the last key: the same in fewer steps
+        key_index = torch.arange(n_keys, device=device)
+        return (key_index < pad_left.to(device).view(-1, 1, 1, 1)) & (key_index != n_keys - 1)
     query_index = torch.arange(n_keys - seq, n_keys, device=device).unsqueeze(1)
     key_index = torch.arange(n_keys, device=device).unsqueeze(0)
     hidden = key_index > query_index

@@ -76,7 +76,8 @@ def multi_head_attention_forward(
     if q_norm is not None:
         q, k = q_norm(q), k_norm(k)
     # 2c. rope: rotate q and k by their positions (absolute: after the cached tokens; per row with left padding)
-    query_positions = token_positions(past, seq, pad_left, x.device)
+    if mp.positional_encoding in ("rope", "alibi"):
+        query_positions = token_positions(past, seq, pad_left, x.device)
     if mp.positional_encoding == "rope":
         q = apply_rope(q, query_positions, rotary_dims(mp), mp.rope_base)
         k = apply_rope(k, query_positions, rotary_dims(mp), mp.rope_base)

@@ -33,6 +33,12 @@ from model.transformer.norms import make_norm
 from model.transformer.torch_f_multi_head_attention_forward import multi_head_attention_forward
 
 
+def make_dropout(p: float) -> nn.Module:
+    """nn.Dropout(p), or for p == 0 nn.Identity() (the same result at less cost per call: sampling calls
+    the block's dropouts at every step)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class SelfAttention(nn.Module):
     """Holds the attention weights (named as in nn.MultiheadAttention) and calls our attention function.
     in_proj_weight: [(n_heads + 2 * n_kv_heads) * head_dim, dim], rows q, then k, then v."""
@@ -89,9 +95,9 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = make_norm(mp.dim, mp)
         self.gate = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias) if is_gated(mp) else None  # swiglu / geglu
         self.activation = make_activation(mp.activation)
-        self.dropout_sa = nn.Dropout(mp.dropout)  # on the attention sublayer's output
-        self.dropout_act = nn.Dropout(mp.dropout)  # inside the feed-forward, after the activation
-        self.dropout_ff = nn.Dropout(mp.dropout)  # on the feed-forward sublayer's output
+        self.dropout_sa = make_dropout(mp.dropout)  # on the attention sublayer's output
+        self.dropout_act = make_dropout(mp.dropout)  # inside the feed-forward, after the activation
+        self.dropout_ff = make_dropout(mp.dropout)  # on the feed-forward sublayer's output
 
     def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
