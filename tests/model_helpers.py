@@ -18,3 +18,13 @@ def make_lm(tok: Tokenizer, seed: int = 0, **overrides) -> LM:
     params.update(overrides)
     torch.manual_seed(seed)
     return LM(ModelParams(**params), tok)
+
+
+def make_spread_lm(tok: Tokenizer, seed: int = 0, noise: float = 0.3, **overrides) -> LM:
+    """make_lm with weights of a trained model's size, so that its logits are far from uniform
+    (greedy and sampled tokens then differ clearly between positions)."""
+    lm = make_lm(tok, seed, **overrides)
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return lm

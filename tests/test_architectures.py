@@ -18,6 +18,7 @@ from model.sampling import choose_next_token
 from model.transformer.positions import alibi_slopes, apply_rope
 from model_helpers import TEXTS, char_tokenizer
 from model_helpers import make_lm as make_tiny_lm
+from model_helpers import make_spread_lm
 
 CUSTOM = "custom-transformer"
 # each new value alone, then mixes (all on the custom path; n_heads=4 so that GQA has a real grouping)
@@ -47,11 +48,7 @@ def tok() -> Tokenizer:
 def make_lm(tok: Tokenizer, seed: int = 0, noise: float = 0.3, **overrides: Any) -> LM:
     """A tiny custom-path model (4 heads of 4 dims); weights perturbed so that logits are far from uniform."""
     overrides = {"layer_architecture": CUSTOM, "n_heads": 4, **overrides}
-    lm = make_tiny_lm(tok, seed, **overrides)
-    with torch.no_grad():
-        for p in lm.parameters():
-            p.add_(torch.randn_like(p) * noise)
-    return lm
+    return make_spread_lm(tok, seed, noise, **overrides)
 
 
 def ids(tok: Tokenizer, text: str) -> torch.Tensor:

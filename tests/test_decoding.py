@@ -10,7 +10,7 @@ from model.lm import LM
 from model.matvec_layout import large_linear_weights, matvec_layout
 from model.output_projection import LARGE_WEIGHT, OutputProjection
 from model_helpers import ARCHS, char_tokenizer
-from model_helpers import make_lm as make_tiny_lm
+from model_helpers import make_spread_lm as make_lm
 from test_gpt2 import EOS, random_gpt2, tokenizer_folder
 
 GPT2_PROMPTS = ["Well the weather", "Hello", "A B C D E F"]
@@ -20,14 +20,6 @@ NEW_TOKENS = 12
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     return char_tokenizer()
-
-
-def make_lm(tok: Tokenizer, seed: int = 0, **overrides) -> LM:
-    lm = make_tiny_lm(tok, seed, **overrides)
-    with torch.no_grad():  # weights of a trained model's size, so logits are far from uniform
-        for p in lm.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return lm
 
 
 @pytest.fixture(scope="module")

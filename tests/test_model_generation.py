@@ -12,21 +12,13 @@ from model.lm import LM
 from model.model_params import ModelParams
 from model.sampling import choose_next_token
 from model_helpers import ARCHS, TEXTS, char_tokenizer
-from model_helpers import make_lm as make_tiny_lm
+from model_helpers import make_spread_lm as make_lm
 
 
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     return char_tokenizer()
-
-
-def make_lm(tok: Tokenizer, seed: int = 0, **overrides) -> LM:
-    lm = make_tiny_lm(tok, seed, **overrides)
-    with torch.no_grad():  # weights of a trained model's size, so logits are far from uniform
-        for p in lm.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return lm
 
 
 def forbid_eos(lm: LM) -> LM:

@@ -14,7 +14,7 @@ from model.model_params import ModelParams
 from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, RecurrentState
 from model.sampling import choose_next_token
 from model_explorer import show_lm_attns, verify_stable_load
-from model_helpers import TEXTS, char_tokenizer, make_lm
+from model_helpers import TEXTS, char_tokenizer, make_lm, make_spread_lm
 import test_decoding as decoding
 from test_main_cli import run_main
 from test_train import SORT_TRAIN, KeepModel, SigintAtStep, make_namer, sort_task
@@ -31,10 +31,7 @@ def tok() -> Tokenizer:
 
 def random_lm(tok: Tokenizer, arch: str, seed: int = 0, **overrides) -> LM:
     """A tiny recurrent LM with weights large enough that its logits are far from uniform."""
-    lm = make_lm(tok, seed, layer_architecture=arch, n_heads=3, **overrides)  # n_heads: unused, no error
-    with torch.no_grad():
-        for p in lm.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    lm = make_spread_lm(tok, seed, layer_architecture=arch, n_heads=3, **overrides)  # n_heads: unused, no error
     return lm.eval()
 
 
