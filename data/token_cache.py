@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable
@@ -92,9 +93,10 @@ def cached_token_files(texts: Dict[str, Iterable[str]], tokenizer: Tokenizer, la
             print(f"ignoring incomplete token cache {folder}")
         except Exception as e:
             print(f"ignoring unreadable token cache {folder}: {e}")
+        shutil.rmtree(folder, ignore_errors=True)  # the damaged entry; a complete one replaces it below
     print(f"tokenizing {label} ({', '.join(texts)}); caching the ids in {folder}", flush=True)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         start, n_tokens, summary, dtype = time.perf_counter(), {}, [], token_dtype(tokenizer.vocab_size)
         for name, lines in texts.items():
@@ -102,12 +104,10 @@ def cached_token_files(texts: Dict[str, Iterable[str]], tokenizer: Tokenizer, la
             n_tokens[name] = len(token_file.tokens)
             summary.append(f"{name}: {n_lines} lines, {n_tokens[name]} tokens")
         (tmp / "meta.json").write_text(json.dumps({"task": label, "dtype": dtype.name, "n_tokens": n_tokens}))
-        if folder.exists():  # an unreadable entry, or a parallel run finished first
-            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(tmp, folder)
-        except OSError:  # a parallel run has just stored the same entry
-            pass
+        except OSError:  # a parallel run (another DDP rank, a sweep) stored the same entry first: keep
+            pass  # it, never delete it, as that run may be reading it right now
         print(f"tokenized {'; '.join(summary)} in {time.perf_counter() - start:.1f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -95,3 +95,26 @@ def test_building_on_a_big_corpus_keeps_memory_flat():
     assert small["peak_above_before_mb"] < 150 and big["peak_above_before_mb"] < 150, json.dumps([small, big])
     assert big["peak_above_before_mb"] - small["peak_above_before_mb"] < 40, json.dumps([small, big])
     assert big["second_build_s"] < 5  # the cache hit
+
+
+def test_a_token_cache_entry_stored_by_a_parallel_run_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two DDP ranks (or sweep runs) tokenize the same corpus at once: the one that finishes second must
+    keep the first one's entry (that run may be reading it already), not delete and replace it."""
+    from data import token_cache
+    lines = [f"line {i} says {i % 7}" for i in range(200)]
+    tok = Tokenizer.train("word", lines, vocab_size=50)
+    texts = {"train": lines, "val": lines[:20]}
+    write, seen = token_cache.write_token_file, {}
+
+    def write_while_a_parallel_run_finishes(folder, name, split_lines, tokenizer):
+        if not seen:  # the parallel run starts and finishes while this one is writing its first split
+            seen["started"] = True
+            seen["files"] = token_cache.cached_token_files(texts, tok, "parallel", tmp_path)
+            seen["inode"] = (seen["files"]["train"].bin_path).stat().st_ino
+        return write(folder, name, split_lines, tokenizer)
+
+    monkeypatch.setattr(token_cache, "write_token_file", write_while_a_parallel_run_finishes)
+    files = token_cache.cached_token_files(texts, tok, "parallel", tmp_path)
+    assert files["train"].bin_path.stat().st_ino == seen["inode"]  # the parallel run's file, untouched
+    assert np.array_equal(files["train"].tokens, seen["files"]["train"].tokens)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [files["train"].bin_path.parent.name]  # no tmp left

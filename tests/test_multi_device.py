@@ -142,11 +142,19 @@ def test_a_faked_two_task_slurm_job_trains_as_one_ddp_run(tmp_path):
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
              "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lm-train", "SLURM_NODELIST": "127.0.0.1",
              "MASTER_PORT": str(20000 + os.getpid() % 20000)}
-    processes = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "saved"), str(tmp_path)], cwd=REPO,
-                                  env=subprocess_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    logs = [tmp_path / f"rank{rank}.log" for rank in (0, 1)]
+    processes = [subprocess.Popen([sys.executable, "-u", str(script), str(tmp_path / "saved"), str(tmp_path)],
+                                  cwd=REPO, env=subprocess_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
+                                  stdout=log.open("w"), stderr=subprocess.STDOUT) for rank, log in zip((0, 1), logs)]
+    try:
+        for p in processes:
+            p.wait(timeout=300)
+    except subprocess.TimeoutExpired:  # a rank that failed leaves the other waiting: stop both, show the logs
+        for p in processes:
+            p.kill()
+            p.wait()
+    outputs = [log.read_text() for log in logs]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(f"rank {r}: {o[-2000:]}" for r, o in enumerate(outputs))
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in reports] == [0, 1]
     assert all(r["world_size"] == 2 and r["environment"] == "SLURMEnvironment" for r in reports)
