@@ -57,7 +57,7 @@ def beam_search(lm: "LM", pref: Any = "", beam_size: int = 4, max_seq_len: int =
     prompts = read_prompts(lm, pref, max_seq_len)
     found: List[List[Hypothesis]] = [[([], 0.0)] * n_best for _ in prompts.contexts]  # prompts adding no token
     # inference mode: less bookkeeping per op than no_grad; matvec_layout: faster weight reads on a CPU
-    with evaluating(lm), matvec_layout(lm), torch.inference_mode():
+    with evaluating(lm), matvec_layout(lm, rows=beam_size * len(prompts.contexts)), torch.inference_mode():
         for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
             group = [i for i in group if prompts.n_new[i] > 0]
             if group:

@@ -33,9 +33,11 @@ def large_linear_weights(module: nn.Module) -> List[nn.Parameter]:
 
 
 @contextmanager
-def matvec_layout(lm: nn.Module) -> Iterator[None]:
-    """Within the block, lm.decoder's large linear weights are [in, out]-ordered copies (CPU only)."""
-    weights = large_linear_weights(lm.decoder)
+def matvec_layout(lm: nn.Module, rows: int = 1) -> Iterator[None]:
+    """Within the block, lm.decoder's large linear weights are [in, out]-ordered copies (CPU only), when
+    decoding one row at a time (`rows`: the batch). For several rows (beams, batched prompts) the blocks'
+    products run as weight @ x.T (model/decoding_linear.py), which wants the weights as they are."""
+    weights = large_linear_weights(lm.decoder) if rows == 1 else []
     if not weights or weights[0].device.type != "cpu" or sum(w.numel() for w in weights) > MAX_COPIED:
         yield
         return

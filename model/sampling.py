@@ -107,7 +107,7 @@ def sample(lm: "LM", pref: Any = "", max_seq_len: int = 100, temperature: float 
     prompts = read_prompts(lm, pref, max_seq_len)
     new: List[List[int]] = [[] for _ in prompts.contexts]
     # inference mode: less bookkeeping per op than no_grad; matvec_layout: faster weight reads on a CPU
-    with evaluating(lm), matvec_layout(lm), torch.inference_mode():
+    with evaluating(lm), matvec_layout(lm, rows=len(prompts.contexts)), torch.inference_mode():
         for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
             generators = None
             if seed is not None:  # one generator per row, all seeded alike: a row's sample does not depend on the batch

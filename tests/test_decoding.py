@@ -130,12 +130,32 @@ def test_output_projection_products_agree():
     torch.manual_seed(0)
     proj = OutputProjection(64, 70000, bias=False)
     assert proj.weight.numel() >= LARGE_WEIGHT
-    for rows in (1, 2, 5, 8, 9):
+    for rows in (1, 2, 5, 8, 9, 64, 65):
         h = torch.randn(rows, 1, 64)
         expected = torch.nn.functional.linear(h, proj.weight)
         with torch.no_grad():
             assert torch.allclose(proj(h), expected, atol=1e-5)
         assert torch.equal(proj(h), expected)  # with gradients it is F.linear itself
+
+
+def test_decoding_linear_equals_f_linear():
+    """model/decoding_linear.py computes weight @ x.T for 2 to 64 rows of a large weight on a CPU: the
+    same values as F.linear (to float rounding), with and without bias, for any leading shape."""
+    from model.decoding_linear import FEW_ROWS, LARGE_WEIGHT as BLOCK_WEIGHT, Linear, linear
+    torch.manual_seed(0)
+    layer = Linear(512, 1024)
+    assert layer.weight.numel() >= BLOCK_WEIGHT
+    for shape in ((1, 512), (2, 512), (4, 1, 512), (2, 3, 512), (FEW_ROWS, 512), (FEW_ROWS + 1, 512)):
+        x = torch.randn(shape)
+        for bias in (layer.bias, None):
+            expected = torch.nn.functional.linear(x, layer.weight, bias)
+            with torch.no_grad():
+                got = linear(x, layer.weight, bias)
+            assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
+            assert torch.equal(linear(x, layer.weight, bias), expected)  # with gradients: F.linear itself
+    x = torch.randn(3, 512)
+    with torch.no_grad():
+        assert torch.equal(layer(x), linear(x, layer.weight, layer.bias))  # the module runs the same product
 
 
 def test_matvec_layout_swaps_in_equal_copies_and_sees_edits(tok):

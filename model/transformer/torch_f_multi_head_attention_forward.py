@@ -20,8 +20,9 @@ from types import SimpleNamespace
 from typing import Any, Optional, Tuple
 
 from torch import Tensor, nn
-from torch.nn.functional import dropout, linear, softmax
+from torch.nn.functional import dropout, softmax
 
+from model.decoding_linear import linear  # F.linear, faster for beams and batched prompts on a CPU
 from model.model_params import ModelParams
 from model.transformer.kv_cache import LayerKVCache
 from model.transformer.masks import hidden_keys

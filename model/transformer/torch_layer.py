@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.decoding_linear import linear
 from model.model_params import ModelParams
 from model.transformer.feedforward import ff_width
 from model.transformer.kv_cache import LayerKVCache
@@ -44,6 +45,8 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         if kv_cache is not None and need_weights:
             raise ValueError("attention weights while sampling with a kv cache are only available in the "
                              "custom-transformer path (see LM.with_layer_architecture)")
+        if kv_cache is not None and not self.training:
+            return self._decoding_step(x, kv_cache), None
         attend = self._attend_cached if kv_cache is not None else self._attend_with_weights
         # the same sublayer order as nn.TransformerEncoderLayer.forward
         if self.norm_first:
@@ -56,6 +59,21 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
             x = self.norm2(x + self._ff_block(x))
         return x, weights
 
+    def _decoding_step(self, x: Tensor, kv_cache: LayerKVCache) -> Tensor:
+        """forward's cached branch in eval mode (sampling): the same operations, with the submodules'
+        functions called directly and the dropouts (inactive in eval mode) left out. A decoding step of
+        a small model is mostly per-call overhead: this makes it about 15% faster (bench/bench_gpt2.py --small)."""
+        norm1, norm2, linear1, linear2 = self.norm1, self.norm2, self.linear1, self.linear2
+        if self.norm_first:
+            x = x + self._attend_cached(F.layer_norm(x, norm1.normalized_shape, norm1.weight, norm1.bias, norm1.eps),
+                                        kv_cache)[0]
+            h = F.layer_norm(x, norm2.normalized_shape, norm2.weight, norm2.bias, norm2.eps)
+            return x + linear(self.activation(linear(h, linear1.weight, linear1.bias)), linear2.weight, linear2.bias)
+        x = F.layer_norm(x + self._attend_cached(x, kv_cache)[0], norm1.normalized_shape, norm1.weight, norm1.bias,
+                         norm1.eps)
+        h = linear(self.activation(linear(x, linear1.weight, linear1.bias)), linear2.weight, linear2.bias)
+        return F.layer_norm(x + h, norm2.normalized_shape, norm2.weight, norm2.bias, norm2.eps)
+
     def _attend_with_weights(self, x: Tensor, kv_cache: None) -> Tuple[Tensor, Tensor]:
         """PyTorch's multi-head attention, returning per-head weights [batch, heads, seq, seq]."""
         return self.self_attn(x, x, x, attn_mask=causal_mask(x.shape[1], x.device), need_weights=True,
@@ -65,8 +83,9 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         """Fused attention of the new tokens x [batch, new, dim] over the cached and new keys."""
         attn = self.self_attn
         batch, seq, dim = x.shape
-        q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).split(dim, dim=-1)
-        q, k, v = (t.view(batch, seq, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        # [batch, seq, 3 * heads, head_dim] -> [batch, 3 * heads, seq, head_dim] -> q, k, v (heads each)
+        q, k, v = linear(x, attn.in_proj_weight, attn.in_proj_bias).view(batch, seq, 3 * attn.num_heads, -1
+                                                                           ).transpose(1, 2).chunk(3, dim=1)
         k, v = kv_cache.append(k, v)
         n_keys = k.shape[2]
         # causal (bottom-right aligned: the new tokens come after the cached ones), and with the cache's
@@ -76,7 +95,7 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hidden is None else ~hidden,
                                              is_causal=plain_causal,
                                              dropout_p=attn.dropout if self.training else 0.0)
-        return attn.out_proj(out.transpose(1, 2).reshape(batch, seq, dim)), None
+        return linear(out.transpose(1, 2).reshape(batch, seq, dim), attn.out_proj.weight, attn.out_proj.bias), None
 
 
 def causal_mask(seq: int, device: torch.device) -> Tensor:

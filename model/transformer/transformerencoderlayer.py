@@ -25,6 +25,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from model.decoding_linear import Linear  # nn.Linear, faster for beams and batched prompts on a CPU
 from model.hooks import HookPoint
 from model.model_params import ModelParams
 from model.transformer.feedforward import ACTIVATIONS, ff_width, is_gated, make_activation  # noqa: F401 (re-exported)
@@ -54,7 +55,7 @@ class SelfAttention(nn.Module):
         qkv_size = (mp.n_heads + 2 * n_kv_heads) * head_dim
         self.in_proj_weight = nn.Parameter(torch.empty(qkv_size, dim))  # q, k, v projections stacked
         self.in_proj_bias = nn.Parameter(torch.zeros(qkv_size)) if bias else None
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = Linear(dim, dim, bias=bias)
         # qk_norm: one norm over head_dim for the queries, one for the keys, shared by the heads
         self.q_norm = make_norm(head_dim, mp) if mp.qk_norm else None
         self.k_norm = make_norm(head_dim, mp) if mp.qk_norm else None
@@ -89,11 +90,11 @@ class TransformerEncoderLayer(nn.Module):
         self.hook_resid_post = HookPoint("hook_resid_post")
         # registered in nn.TransformerEncoderLayer's order, so both paths draw the same initial weights
         self.self_attn = SelfAttention(mp)
-        self.linear1 = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias)  # the "up" projection when gated
-        self.linear2 = nn.Linear(ff_width(mp), mp.dim, bias=mp.bias)
+        self.linear1 = Linear(mp.dim, ff_width(mp), bias=mp.bias)  # the "up" projection when gated
+        self.linear2 = Linear(ff_width(mp), mp.dim, bias=mp.bias)
         self.norm1 = make_norm(mp.dim, mp)
         self.norm2 = make_norm(mp.dim, mp)
-        self.gate = nn.Linear(mp.dim, ff_width(mp), bias=mp.bias) if is_gated(mp) else None  # swiglu / geglu
+        self.gate = Linear(mp.dim, ff_width(mp), bias=mp.bias) if is_gated(mp) else None  # swiglu / geglu
         self.activation = make_activation(mp.activation)
         self.dropout_sa = make_dropout(mp.dropout)  # on the attention sublayer's output
         self.dropout_act = make_dropout(mp.dropout)  # inside the feed-forward, after the activation
