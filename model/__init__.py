@@ -1,6 +1,7 @@
 # Every entry point (main.py, model_explorer, notebooks, tests, bench/) imports the model package:
-# with LM_MALLOC_TUNING=1, keep freed tensor buffers in the process for reuse instead of returning them
-# to the OS each step (faster, but a much higher peak RSS: see model/allocator.py).
-from model.allocator import tune_allocator
+# big tensors get transparent huge pages (a training step's tens-of-MB buffers fault in 2 MB pages, not
+# 4 kB ones), and with LM_MALLOC_TUNING=1 freed buffers stay in the process for reuse (see model/allocator.py).
+from model.allocator import tune_allocator, use_huge_pages
 
+use_huge_pages()
 tune_allocator()
