@@ -102,7 +102,7 @@ class LM(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, x: InputIds, get_embeddings: bool = False, get_attn: bool = False,
-                kv_cache: Optional[DecoderCache] = None) -> Union[Tensor, Dict[str, Tensor]]:
+                kv_cache: Optional[DecoderCache] = None, logits_to_keep: int = 0) -> Union[Tensor, Dict[str, Tensor]]:
         """Logits [batch, seq, vocab] for x: a string, a list of ids, a 1-D tensor (float tensors of
         whole numbers too, as torch.Tensor(ids) gives) or a [batch, seq] tensor (right-padded batches
         need no mask: causal attention never lets a real token see the padding after it).
@@ -114,6 +114,8 @@ class LM(nn.Module):
           "attns" [batch, n_layers, n_heads, seq, seq]: attention weights, query x key (transformers only).
         kv_cache: lm.new_kv_cache(), holding what the earlier tokens left (a transformer's keys/values,
           a recurrent model's state); x are the next tokens (sampling).
+        logits_to_keep: N > 0 computes the logits of the last N positions only, [batch, N, vocab] (as
+          transformers' argument: sampling reads a prompt and needs the next token's logits alone).
         """
         attn_requests = None  # per-batch information for the attention function; set it after the assert below
         x = self.as_batch(x)
@@ -124,13 +126,14 @@ class LM(nn.Module):
         past = kv_cache.length if kv_cache is not None else 0
         try:
             h = self.embed(x, past, pad_left=kv_cache.pad_left if kv_cache is not None else None)
-        except IndexError:
-            cond, msg = self.check_input(x, kv_cache)
-            assert cond, msg
-            raise
+        except IndexError:  # an id outside the vocabulary: check_input's message instead of torch's
+            ids_ok, message = self.check_input(x, kv_cache)
+            if ids_ok:
+                raise
+            raise AssertionError(message) from None
         h, embeddings, attns = self.decoder(h, attn_requests=attn_requests, kv_cache=kv_cache,
                                             get_embeddings=get_embeddings, get_attn=get_attn)
-        logits = self.out_proj(h)
+        logits = self.out_proj(h[:, -logits_to_keep:] if logits_to_keep else h)
         if not (get_embeddings or get_attn):
             return logits
         out = {"logits": logits}

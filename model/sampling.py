@@ -77,7 +77,7 @@ def generate(lm: "LM", contexts: List[List[int]], n_new: List[int], temperature:
         return new
     x, pad_left = left_padded([contexts[r] for r in rows], lm.tokenizer.pad_id, lm.device)
     kv_cache = lm.new_kv_cache(len(rows), pad_left=pad_left)
-    logits = lm(x, kv_cache=kv_cache)[:, -1]
+    logits = lm(x, kv_cache=kv_cache, logits_to_keep=1)[:, -1]
     eos = lm.tokenizer.eos_id if stop_at_eos else None
     while True:
         row_generators = [generators[r] for r in rows] if generators is not None else None

@@ -104,6 +104,29 @@ def test_batched_sampling_near_the_context_limit(tok):
     assert out == [lm.sample(p, max_seq_len=1000, temperature=0, as_str=False) for p in prompts]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_cache_grows_and_shrinks_in_place_with_the_same_logits(tok, arch, monkeypatch):
+    """The cache's buffers start small and double as positions are added (copying what they hold); rows
+    dropped by reorder are compacted into the same buffers. Step by step, the cached logits equal those of
+    reading the whole sequence at once."""
+    from model.transformer.kv_cache import LayerKVCache
+    monkeypatch.setattr(LayerKVCache, "MIN_POSITIONS", 2)  # grow at 2, 4, 8, 16
+    lm = make_lm(tok, layer_architecture=arch).eval()
+    ids = torch.tensor([tok("the quick brown fox"), tok("a lazy dog jumps ov")])  # 2 rows of 19
+    with torch.no_grad():
+        full = lm(ids)
+        cache = lm.new_kv_cache(batch_size=2)
+        steps = [lm(ids[:, :3], kv_cache=cache)] + [lm(ids[:, i:i + 1], kv_cache=cache) for i in range(3, 12)]
+        sizes, memory = [cache[0].k.shape[2]], cache[0].k.data_ptr()
+        cache.reorder([1])  # keep the second row only: in place, in the same memory
+        assert cache[0].k.shape[0] == 1 and cache[0].k.data_ptr() == memory
+        steps_row1 = [lm(ids[1:, i:i + 1], kv_cache=cache) for i in range(12, 19)]
+        sizes.append(cache[0].k.shape[2])
+    assert sizes == [12, 24]  # 3 positions, then 6, 12 (after 12 steps), 24
+    assert torch.allclose(torch.cat(steps, dim=1), full[:, :12], atol=1e-5)
+    assert torch.allclose(torch.cat(steps_row1, dim=1), full[1:, 12:], atol=1e-5)
+
+
 def test_decoding_argument_errors(tok):
     lm = make_lm(tok)
     with pytest.raises(ValueError, match="beam_size must be an int >= 1"):

@@ -19,9 +19,13 @@ from torch import Tensor
 
 
 class LayerKVCache:
-    """One block's keys and values, [batch, kv heads, position, head_dim], in buffers preallocated
-    for `max_len` positions (filled in place: no copying of the past at every step).
+    """One block's keys and values, [batch, kv heads, position, head_dim], in buffers filled in place
+    (no copying of the past at every step) that grow as positions are added, doubling up to `max_len`
+    (the model's context): a cache holds memory for about the positions used, not for the whole
+    context (GPT-2, 16 rows: 1.2 GB for 1024 positions), and each position is copied about once more.
     `pad_left`: None or [batch] left-padding counts, shared with the KVCache that holds this layer."""
+
+    MIN_POSITIONS = 64  # the first buffers hold at least this many positions
 
     def __init__(self, max_len: int, pad_left: Optional[Tensor] = None):
         self.max_len = max_len
@@ -37,27 +41,40 @@ class LayerKVCache:
         if end > self.max_len:
             raise ValueError(f"kv cache holds at most {self.max_len} positions (the model's context), "
                              f"asked to store {end}: start a new cache (lm.new_kv_cache())")
-        if self.k is None:  # allocate on first use, with the dtype/device/shape the layer produces
-            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
-            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        if self.k is None or end > self.k.shape[2]:
+            self._grow(k, v, end)
         self.k.narrow(2, start, end - start).copy_(k)  # narrow: the same as [:, :, start:end], fewer Python steps
         self.v.narrow(2, start, end - start).copy_(v)
         self.length = end
         return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
+    def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
+        """New buffers (dtype, device and shape as the layer produces them) for at least `needed` positions,
+        the filled ones copied over."""
+        held = self.k.shape[2] if self.k is not None else 0
+        positions = min(self.max_len, max(needed, 2 * held, self.MIN_POSITIONS))
+        shape = (k.shape[0], k.shape[1], positions, k.shape[3])
+        new_k, new_v = k.new_empty(shape), v.new_empty(shape)
+        if self.length:
+            new_k.narrow(2, 0, self.length).copy_(self.k.narrow(2, 0, self.length))
+            new_v.narrow(2, 0, self.length).copy_(self.v.narrow(2, 0, self.length))
+        self.k, self.v = new_k, new_v
+
     def reorder(self, indices: Tensor, pad_left: Optional[Tensor]) -> None:
         """Keep / repeat batch rows: row i becomes old row indices[i]. Copies only the filled positions
-        (beam search reorders every step: the buffers are the whole context long)."""
+        (beam search reorders every step), and into the same buffers when the batch does not grow
+        (batched sampling drops the rows that are done: fresh buffers would cost page faults each time)."""
         if self.k is not None:
             indices = indices.to(self.k.device)
-            filled = slice(0, self.length)
-            if indices.numel() == self.k.shape[0]:  # as many rows as before: in place
-                self.k[:, :, filled] = self.k[:, :, filled].index_select(0, indices)
-                self.v[:, :, filled] = self.v[:, :, filled].index_select(0, indices)
+            n, filled = indices.numel(), slice(0, self.length)
+            if n <= self.k.shape[0]:  # in place, into the first n rows (index_select copies out first)
+                self.k[:n, :, filled] = self.k[:, :, filled].index_select(0, indices)
+                self.v[:n, :, filled] = self.v[:, :, filled].index_select(0, indices)
+                self.k, self.v = self.k[:n], self.v[:n]
             else:
                 k, v = self.k, self.v
-                self.k = k.new_empty((indices.numel(),) + k.shape[1:])
-                self.v = v.new_empty((indices.numel(),) + v.shape[1:])
+                self.k = k.new_empty((n,) + k.shape[1:])
+                self.v = v.new_empty((n,) + v.shape[1:])
                 self.k[:, :, filled] = k[:, :, filled].index_select(0, indices)
                 self.v[:, :, filled] = v[:, :, filled].index_select(0, indices)
         self.pad_left = pad_left
