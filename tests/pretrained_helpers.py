@@ -111,10 +111,29 @@ def check_tokenizer_ids(lm: LM, folder: Path, texts: Sequence[str] = TEXTS) -> N
         assert lm.tokenizer.decode(lm.tokenizer(text)) == text
 
 
+def check_beam_search(lm: LM, hf, prompt: str = TEXTS[0], new_tokens: int = 12, beam_size: int = 3) -> None:
+    """lm.beam_search equals transformers' generate(num_beams=...) on the same weights: the n_best sequences
+    (without the eos they end with) and their length-penalised scores."""
+    pref, eos = lm.tokenizer(prompt), lm.tokenizer.eos_id
+    context = [lm.tokenizer.bos_id] + pref
+    out = hf.generate(torch.tensor([context]), num_beams=beam_size, do_sample=False, length_penalty=0.8,
+                      early_stopping=True, num_return_sequences=2, max_new_tokens=new_tokens, pad_token_id=eos,
+                      eos_token_id=eos, output_scores=True, return_dict_in_generate=True)
+    theirs = []
+    for sequence, score in zip(out.sequences, out.sequences_scores.tolist()):
+        new = sequence[len(context):].tolist()
+        theirs.append((pref + (new[:new.index(eos)] if eos in new else new), score))
+    ours = lm.beam_search(pref=pref, beam_size=beam_size, max_seq_len=len(pref) + new_tokens, length_penalty=0.8,
+                          n_best=2, as_str=False)
+    assert [ids for ids, _ in ours] == [ids for ids, _ in theirs]
+    assert [score for _, score in ours] == pytest.approx([score for _, score in theirs], abs=1e-4)
+
+
 def check_all(lm: LM, folder: Path, n_layers: int, n_heads: int, hf=None) -> None:
     hf = hf if hf is not None else load_reference(folder)
     check_logits_attention_embeddings(lm, hf, n_layers, n_heads)
     check_greedy_sample(lm, hf)
+    check_beam_search(lm, hf)
     check_perplexities(lm, hf)
     check_tokenizer_ids(lm, folder)
 
