@@ -118,6 +118,8 @@ class LM(nn.Module):
           transformers' argument: sampling reads a prompt and needs the next token's logits alone).
         """
         attn_requests = None  # per-batch information for the attention function; set it after the assert below
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 keeps every position), got {logits_to_keep}")
         x = self.as_batch(x)
         # on a CPU the ids' range is checked only when the embedding refuses them (IndexError): reading it
         # first costs ~15 us, 5% of a small model's decoding step

@@ -127,6 +127,18 @@ def test_kv_cache_grows_and_shrinks_in_place_with_the_same_logits(tok, arch, mon
     assert torch.allclose(torch.cat(steps_row1, dim=1), full[1:, 12:], atol=1e-5)
 
 
+def test_logits_to_keep_gives_the_last_positions_logits(tok):
+    lm = make_lm(tok, layer_architecture="custom-transformer").eval()
+    x = torch.tensor([tok("hello world"), tok("a lazy dogs")])
+    with torch.no_grad():
+        full = lm(x)
+        assert torch.allclose(lm(x, logits_to_keep=1), full[:, -1:], atol=1e-6)
+        assert torch.allclose(lm(x, logits_to_keep=3, get_embeddings=True)["logits"], full[:, -3:], atol=1e-6)
+        assert torch.equal(lm(x, logits_to_keep=0), full)
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0"):
+        lm(x, logits_to_keep=-1)
+
+
 def test_decoding_argument_errors(tok):
     lm = make_lm(tok)
     with pytest.raises(ValueError, match="beam_size must be an int >= 1"):
