@@ -11,6 +11,7 @@ another order.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,13 @@ run_training(Namer(data, ModelParams(n_layers=1, dim=32, n_heads=2), train, args
 '''
 
 
+def free_port() -> int:
+    """A TCP port no process listens on now (the OS picks it), for rank 0's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_a_faked_two_task_slurm_job_trains_as_one_ddp_run(tmp_path):
     """Two processes started the way `srun --ntasks=2` starts them (SLURM_* variables as Lightning's
     SLURMEnvironment reads them): they find each other, train together and end with the same weights.
@@ -141,7 +149,7 @@ def test_a_faked_two_task_slurm_job_trains_as_one_ddp_run(tmp_path):
     script.write_text(RANK_REPORT)
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
              "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lm-train", "SLURM_NODELIST": "127.0.0.1",
-             "MASTER_PORT": str(20000 + os.getpid() % 20000)}
+             "MASTER_PORT": str(free_port())}
     logs = [tmp_path / f"rank{rank}.log" for rank in (0, 1)]
     processes = [subprocess.Popen([sys.executable, "-u", str(script), str(tmp_path / "saved"), str(tmp_path)],
                                   cwd=REPO, env=subprocess_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
