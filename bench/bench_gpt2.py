@@ -145,14 +145,19 @@ def build_models(args: argparse.Namespace, device: torch.device):
     return hf, models, tokenizer
 
 
-def main() -> None:
-    args = parse_args()
+def start_bench(args: argparse.Namespace) -> torch.device:
+    """torch's threads (--threads), transformers without progress bars and warnings; the device (--device)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    return torch.device(args.device)
+
+
+def main() -> None:
+    args = parse_args()
+    device = start_bench(args)
 
     hf, models, tokenizer = build_models(args, device)
     n_params = sum(p.numel() for p in hf.parameters())

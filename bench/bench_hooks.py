@@ -13,7 +13,6 @@ The two copies take turns to go first; the best of `--repeats` runs of each is c
 """
 import argparse
 import copy
-import dataclasses
 import os
 import statistics
 import sys
@@ -28,9 +27,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench_train import plain_loop  # noqa: E402
-from config_parser import load_runs  # noqa: E402
-from data.dataloader import LMDataModule  # noqa: E402
+from bench_train import bench_model, plain_loop  # noqa: E402
 from model.hooks import HookPoint  # noqa: E402
 from model.lm import LM  # noqa: E402
 
@@ -62,12 +59,7 @@ def perplexity_rate(lm: LM, batches: List[Dict[str, torch.Tensor]], clock: Calla
 
 
 def bench_config(config: str, architecture: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    run = load_runs(config, [f"layer_architecture={architecture!r}"])[0]
-    dp, mp, tp = run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"]
-    dm = LMDataModule(dp, batch_size=tp.batch_size, seed=tp.seed)
-    mp = dataclasses.replace(mp, max_seq_len=mp.max_seq_len or dp.max_seq_len)
-    L.seed_everything(tp.seed, verbose=False)
-    initial = LM(mp, dm.tokenizer)
+    initial, dm, tp = bench_model(config, architecture)
     models = {"with hook points": initial, "without": without_hook_points(initial)}
     val_batches = [b for _, b in zip(range(args.eval_batches), dm.val_dataloader()[0])]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_gpt2 import best_times, hf_greedy, hf_perplexity  # noqa: E402
+from bench_gpt2 import best_times, hf_greedy, hf_perplexity, start_bench  # noqa: E402
 from data.data_path import find_data_path  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 from pretrained import convert  # noqa: E402
@@ -46,12 +46,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = start_bench(args)
     from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
 
     folder = (find_data_path() or Path("?")) / "gpt2-tokenizer"
     gpt2 = Tokenizer.gpt2(str(folder))

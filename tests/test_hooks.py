@@ -25,6 +25,18 @@ def attached_hooks(lm) -> int:
     return sum(len(m._forward_hooks) for m in lm.modules() if isinstance(m, HookPoint))
 
 
+def attention_off(lm):
+    """(hooks zeroing every block's attention output, a copy of lm with every out_proj zeroed by hand):
+    without attention the model is its feed-forward stack, so both decode alike."""
+    no_attn = {f"blocks.{i}.hook_attn_out": (lambda t, n: torch.zeros_like(t)) for i in range(lm.decoder.n_blocks)}
+    by_hand = lm.with_layer_architecture("custom-transformer")
+    with torch.no_grad():
+        for layer in by_hand.decoder.layers:
+            layer.self_attn.out_proj.weight.zero_()
+            layer.self_attn.out_proj.bias.zero_()
+    return no_attn, by_hand
+
+
 def test_names_in_forward_order_and_the_same_on_both_paths(tok):
     lm = make_lm(tok, layer_architecture="torch-transformer").eval()
     names = lm.hook_names()
@@ -178,12 +190,7 @@ def test_sample_with_hooks(tok, arch):
     assert ids == lm.sample("the", max_seq_len=12, temperature=0, as_str=False)
     assert seen == [4] + [1] * (len(ids) - 4)  # bos + 3 prompt tokens, then one new token per step
     # without attention the model is its feed-forward stack: the same as zeroing every out_proj by hand
-    no_attn = {f"blocks.{i}.hook_attn_out": (lambda t, n: torch.zeros_like(t)) for i in range(2)}
-    by_hand = lm.with_layer_architecture("custom-transformer")
-    with torch.no_grad():
-        for layer in by_hand.decoder.layers:
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
+    no_attn, by_hand = attention_off(lm)
     ablated = lm.sample("the", max_seq_len=12, temperature=0, as_str=False, stop_at_eos=False, hooks=no_attn)
     assert ablated == by_hand.sample("the", max_seq_len=12, temperature=0, as_str=False, stop_at_eos=False)
     assert attached_hooks(lm) == 0
@@ -279,12 +286,7 @@ def test_hook_points_in_every_architecture(tok, option):
 
 def test_batched_sampling_and_beam_search_with_hooks(tok):
     lm = make_lm(tok, layer_architecture="torch-transformer", seed=3).eval()
-    no_attn = {f"blocks.{i}.hook_attn_out": (lambda t, n: torch.zeros_like(t)) for i in range(2)}
-    by_hand = lm.with_layer_architecture("custom-transformer")
-    with torch.no_grad():
-        for layer in by_hand.decoder.layers:
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
+    no_attn, by_hand = attention_off(lm)
     prompts = ["the", "hello wo"]
     kwargs = dict(max_seq_len=12, as_str=False, stop_at_eos=False)
     assert (lm.sample(prompts, temperature=0, hooks=no_attn, **kwargs)
