@@ -89,7 +89,7 @@ class StepClock:
 
 def lightning_loop(lm: LM, dm: LMDataModule, tp: Any, device: torch.device, steps: int,
                    warmup: int, sync: Any) -> Tuple[float, Dict[str, torch.Tensor]]:
-    tp = dataclasses.replace(tp, max_steps=steps, limit_val_batches=0)
+    tp = dataclasses.replace(tp, max_steps=steps)  # no val_dataloaders are given: no validation runs
     loader = ResumableTrainLoader(dm.train_dataloader(), seed=tp.seed)
     timer = StepTimer(warmup, sync)
     trainer = make_trainer(tp, device, n_train_batches=len(loader), callbacks=[loader, timer])
@@ -127,13 +127,19 @@ def plain_loop(lm: LM, dm: LMDataModule, tp: Any, device: torch.device, steps: i
     return clock.tokens_per_s(device.type == "cuda"), {k: v.detach().cpu() for k, v in lm.state_dict().items()}
 
 
-def bench_config(config: str, architecture: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+def bench_model(config: str, architecture: str) -> Tuple[LM, LMDataModule, Any]:
+    """(a freshly initialised LM, its data module, its TrainParams) for a config's first run on one layer path,
+    seeded as run_training seeds it."""
     run = load_runs(config, [f"layer_architecture={architecture!r}"])[0]
     dp, mp, tp = run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"]
     dm = LMDataModule(dp, batch_size=tp.batch_size, seed=tp.seed)
     mp = dataclasses.replace(mp, max_seq_len=mp.max_seq_len or dp.max_seq_len)
     L.seed_everything(tp.seed, verbose=False)
-    initial = LM(mp, dm.tokenizer)
+    return LM(mp, dm.tokenizer), dm, tp
+
+
+def bench_config(config: str, architecture: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    initial, dm, tp = bench_model(config, architecture)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.use_deterministic_algorithms(device.type == "cpu")  # as make_trainer's Trainer sets it
     rates: Dict[str, List[float]] = {"lightning": [], "plain": []}  # the best run of each counts
