@@ -7,7 +7,7 @@ from transformers import GPT2LMHeadModel
 from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
-from model.matvec_layout import large_linear_weights, matvec_layout
+from model.matvec_layout import linear_weights, matvec_layout
 from model.output_projection import LARGE_WEIGHT, OutputProjection
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
@@ -194,11 +194,11 @@ def test_decoding_linear_equals_f_linear():
 
 
 def test_matvec_layout_swaps_in_equal_copies_and_sees_edits(tok):
-    """Decoding on a CPU reads large block weights from [in, out]-ordered copies: the same values,
+    """Decoding on a CPU reads the block weights from [in, out]-ordered copies: the same values,
     restored afterwards, and remade after any edit (in place, or through .data)."""
     lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8)
-    weights = large_linear_weights(lm.decoder)
-    assert {tuple(w.shape) for w in weights} == {(1920, 640), (2560, 640), (640, 2560)}
+    weights = linear_weights(lm.decoder)
+    assert {tuple(w.shape) for w in weights} == {(1920, 640), (640, 640), (2560, 640), (640, 2560)}
     values = [w.detach().clone() for w in weights]
     with matvec_layout(lm):
         assert all(torch.equal(w, v) and not w.is_contiguous() for w, v in zip(weights, values))

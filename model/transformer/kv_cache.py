@@ -12,7 +12,7 @@ then row r's real tokens get positions 0, 1, ... and no query attends to its pad
 logits are those of its prompt run alone. `cache.reorder(indices)` keeps / repeats rows (beam search).
 With grouped-query attention the cache stores the n_kv_heads key/value heads (RoPE already applied).
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -33,6 +33,8 @@ class LayerKVCache:
         self.length = 0  # positions stored so far
         self.k: Optional[Tensor] = None
         self.v: Optional[Tensor] = None
+        # what the block keeps for the length of a decoding run (torch_layer.py: its weights, read once)
+        self.layer_state: Any = None
 
     def append(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """Store the new tokens' k, v [batch, heads, new, head_dim]; return the keys and values of
