@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.eval_mode import evaluating
-from model.matvec_layout import matvec_layout
+from model.decoding_weights import decoding_weights
 from model.prompts import fitting_groups, left_padded, read_prompts
 from model.sample_text import render_sample
 
@@ -56,8 +56,8 @@ def beam_search(lm: "LM", pref: Any = "", beam_size: int = 4, max_seq_len: int =
     check_beam_args(beam_size, n_best, length_penalty, unsupported)
     prompts = read_prompts(lm, pref, max_seq_len)
     found: List[List[Hypothesis]] = [[([], 0.0)] * n_best for _ in prompts.contexts]  # prompts adding no token
-    # inference mode: less bookkeeping per op than no_grad; matvec_layout: faster weight reads on a CPU
-    with evaluating(lm), matvec_layout(lm, rows=beam_size * len(prompts.contexts)), torch.inference_mode():
+    # inference mode: less bookkeeping per op than no_grad; decoding_weights: faster weight reads on a CPU
+    with evaluating(lm), decoding_weights(lm, rows=beam_size * len(prompts.contexts)), torch.inference_mode():
         for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
             group = [i for i in group if prompts.n_new[i] > 0]
             if group:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from model.eval_mode import evaluating
-from model.matvec_layout import matvec_layout
+from model.decoding_weights import decoding_weights
 from model.prompts import fitting_groups, left_padded, read_prompts
 from model.sample_text import render_sample
 
@@ -106,8 +106,8 @@ def sample(lm: "LM", pref: Any = "", max_seq_len: int = 100, temperature: float 
     check_sampling_args(temperature, nucleus, top_k)
     prompts = read_prompts(lm, pref, max_seq_len)
     new: List[List[int]] = [[] for _ in prompts.contexts]
-    # inference mode: less bookkeeping per op than no_grad; matvec_layout: faster weight reads on a CPU
-    with evaluating(lm), matvec_layout(lm, rows=len(prompts.contexts)), torch.inference_mode():
+    # inference mode: less bookkeeping per op than no_grad; decoding_weights: faster weight reads on a CPU
+    with evaluating(lm), decoding_weights(lm, rows=len(prompts.contexts)), torch.inference_mode():
         for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
             generators = None
             if seed is not None:  # one generator per row, all seeded alike: a row's sample does not depend on the batch

@@ -7,7 +7,8 @@ from transformers import GPT2LMHeadModel
 from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
-from model.matvec_layout import linear_weights, matvec_layout
+from model.decoding_linear import ONEDNN_COPIES, Linear, has_onednn_copy, linear
+from model.decoding_weights import ONEDNN_WEIGHT, decoding_weights, linear_weights, onednn_available
 from model.output_projection import LARGE_WEIGHT, OutputProjection
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
@@ -193,26 +194,65 @@ def test_decoding_linear_equals_f_linear():
         assert torch.equal(layer(x), linear(x, layer.weight, layer.bias))  # the module runs the same product
 
 
-def test_matvec_layout_swaps_in_equal_copies_and_sees_edits(tok):
-    """Decoding on a CPU reads the block weights from [in, out]-ordered copies: the same values,
-    restored afterwards, and remade after any edit (in place, or through .data)."""
+def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok):
+    """Decoding on a CPU multiplies the large weights through oneDNN copies and reads the other block
+    weights from [in, out]-ordered copies: the same values, undone afterwards, and remade after any
+    edit (in place, or through .data)."""
     lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8)
     weights = linear_weights(lm.decoder)
     assert {tuple(w.shape) for w in weights} == {(1920, 640), (640, 640), (2560, 640), (640, 2560)}
+    large = [w for w in weights if w.numel() >= ONEDNN_WEIGHT] if onednn_available() else []
+    small = [w for w in weights if all(w is not v for v in large)]
+    assert len(large) in (0, 3) and small
     values = [w.detach().clone() for w in weights]
-    with matvec_layout(lm):
-        assert all(torch.equal(w, v) and not w.is_contiguous() for w, v in zip(weights, values))
-    assert all(w.is_contiguous() for w in weights)
+
+    def check_copies(expected):
+        for w, v in zip(weights, expected):
+            assert torch.equal(w, v)
+            if any(w is u for u in large):
+                assert has_onednn_copy(w) and torch.equal(ONEDNN_COPIES[id(w)].to_dense(), v) and w.is_contiguous()
+            else:
+                assert not has_onednn_copy(w) and not w.is_contiguous()
+
+    with decoding_weights(lm):
+        check_copies(values)
+    assert all(w.is_contiguous() and not has_onednn_copy(w) for w in weights)
     with torch.no_grad():
-        weights[0][0, 0] += 1.0
+        large_or_small = large[0] if large else small[0]
+        large_or_small[0, 0] += 1.0
+        small[0][1, 1] += 1.0
     weights[1].data[3, 4] -= 1.0  # not seen by the version counter
-    with matvec_layout(lm):
-        assert torch.equal(weights[0][0, 0], values[0][0, 0] + 1.0)
-        assert torch.equal(weights[1][3, 4], values[1][3, 4] - 1.0)
+    values = [w.detach().clone() for w in weights]
+    with decoding_weights(lm):
+        check_copies(values)
+    with decoding_weights(lm, rows=4):  # several rows: oneDNN copies, weights as they are
+        assert all(w.is_contiguous() and has_onednn_copy(w) == any(w is u for u in large) for w in weights)
     greedy = lm.sample("the", max_seq_len=12, temperature=0, as_str=False)
-    lm.__dict__.pop("_matvec_copies")
+    lm.__dict__.pop("_decoding_copies")
     with torch.no_grad():
         ids = [tok.bos_id] + tok("the")
         for _ in range(12 - 3):
             ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
     assert greedy == ids[1:]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
+def test_onednn_products_agree_with_f_linear():
+    """With a oneDNN copy registered (as decoding_weights does), `linear` and the output projection give
+    F.linear's values (to float rounding) for one row and for many rows, and the BLAS products in between."""
+    from model.decoding_linear import MANY_ROWS
+    torch.manual_seed(0)
+    layer, proj = Linear(512, 1024), OutputProjection(64, 9000, bias=False)
+    for weight, bias in ((layer.weight, layer.bias), (layer.weight, None), (proj.weight, None)):
+        ONEDNN_COPIES[id(weight)] = weight.detach().to_mkldnn()
+        try:
+            for shape in ((1, weight.shape[1]), (1, 1, weight.shape[1]), (3, weight.shape[1]),
+                          (2, MANY_ROWS, weight.shape[1]), (70, weight.shape[1])):
+                x = torch.randn(shape)
+                expected = torch.nn.functional.linear(x, weight, bias)
+                with torch.no_grad():
+                    got = proj(x) if weight is proj.weight else linear(x, weight, bias)
+                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
+                assert torch.equal(linear(x, weight, bias), expected)  # with gradients: F.linear itself
+        finally:
+            ONEDNN_COPIES.pop(id(weight))

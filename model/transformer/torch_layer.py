@@ -82,7 +82,7 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         """The parameters and settings a cached step reads, as plain attributes. Reading a parameter or a
         submodule through nn.Module costs about 0.5 us, and a step reads some twenty per block: a decoding
         run gathers them once, into its cache (the Parameter objects: in-place changes of their values,
-        e.g. model/matvec_layout.py's, are seen)."""
+        e.g. model/decoding_weights.py's, are seen)."""
         norm1, norm2, attn = self.norm1, self.norm2, self.self_attn
         activation = self.activation
         if type(activation) is nn.GELU:  # GPT-2's tanh-GELU: its function, without the module call
