@@ -27,13 +27,13 @@ ONEDNN_COPIES: Dict[int, Tensor] = {}  # id(weight) -> its oneDNN copy, while de
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """F.linear(x, weight, bias): x [..., in], weight [out, in] -> [..., out]."""
-    if torch.is_grad_enabled() or x.device.type != "cpu":
-        return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    onednn_weight = ONEDNN_COPIES.get(id(weight)) if ONEDNN_COPIES else None
-    if onednn_weight is not None and not 2 <= rows < MANY_ROWS:
-        return torch._C._nn.mkldnn_linear(x.to_mkldnn(), onednn_weight, bias).to_dense()  # as torch.utils.mkldnn
-    if not 2 <= rows <= FEW_ROWS or weight.numel() < LARGE_WEIGHT:
+    if ONEDNN_COPIES and not 2 <= rows < MANY_ROWS:  # decoding on a CPU, and this weight may have a copy
+        onednn_weight = ONEDNN_COPIES.get(id(weight))
+        if onednn_weight is not None and not torch.is_grad_enabled():  # as torch.utils.mkldnn's MkldnnLinear
+            return torch._C._nn.mkldnn_linear(x.to_mkldnn(), onednn_weight, bias).to_dense()
+    if (not 2 <= rows <= FEW_ROWS or weight.numel() < LARGE_WEIGHT or x.device.type != "cpu"
+            or torch.is_grad_enabled()):
         return F.linear(x, weight, bias)
     x_rows = x.reshape(rows, x.shape[-1]).t()  # a column-major view: BLAS' fast kernel for this product
     out = torch.mm(weight, x_rows) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x_rows)
