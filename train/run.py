@@ -239,8 +239,7 @@ def make_trainer(tp: TrainParams, setup: Union[DeviceSetup, torch.device], n_tra
         precision=tp.precision,
         val_check_interval=val_every,
         # several processes: the sharded loaders already hold the first limit_val_batches batches' samples
-        limit_val_batches=(tp.limit_val_batches if tp.limit_val_batches is not None
-                           and (setup.world_size == 1 or tp.limit_val_batches == 0) else 1.0),
+        limit_val_batches=tp.limit_val_batches if tp.limit_val_batches is not None and setup.world_size == 1 else 1.0,
         num_sanity_val_steps=0,
         deterministic=device.type == "cpu",
         logger=logger if logger is not None else False,
