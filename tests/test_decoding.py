@@ -194,11 +194,12 @@ def test_decoding_linear_equals_f_linear():
         assert torch.equal(layer(x), linear(x, layer.weight, layer.bias))  # the module runs the same product
 
 
-def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
     """Decoding on a CPU multiplies the large weights through oneDNN copies and reads the other block
     weights from [in, out]-ordered copies: the same values, undone afterwards, and remade after any
-    edit (in place, or through .data)."""
-    lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8)
+    edit (in place, or through .data); greedy sampling after the edits equals a plain forward loop."""
+    lm = make_lm(tok, layer_architecture=arch, n_layers=1, dim=640, n_heads=8)
     weights = linear_weights(lm.decoder)
     assert {tuple(w.shape) for w in weights} == {(1920, 640), (640, 640), (2560, 640), (640, 2560)}
     large = [w for w in weights if w.numel() >= ONEDNN_WEIGHT] if onednn_available() else []
@@ -217,6 +218,7 @@ def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok):
     with decoding_weights(lm):
         check_copies(values)
     assert all(w.is_contiguous() and not has_onednn_copy(w) for w in weights)
+    lm.sample("the", max_seq_len=12, temperature=0)  # a decoding run before the edits: nothing of it may stay
     with torch.no_grad():
         large_or_small = large[0] if large else small[0]
         large_or_small[0, 0] += 1.0

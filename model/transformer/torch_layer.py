@@ -66,7 +66,7 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         per cache (`_step_weights`), with the (inactive) dropouts left out. A decoding step of a small model is
         mostly per-call overhead: this makes it about 25% faster (bench/bench_gpt2.py --small)."""
         w = kv_cache.layer_state
-        if w is None:
+        if w is None or w.layer is not self:  # the first step of this cache (or a cache another layer filled)
             w = kv_cache.layer_state = self._step_weights()
         if self.norm_first:
             x = x + self._attend_cached(F.layer_norm(x, w.norm_shape, w.norm1_weight, w.norm1_bias, w.norm1_eps),
@@ -88,6 +88,7 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         if type(activation) is nn.GELU:  # GPT-2's tanh-GELU: its function, without the module call
             activation = partial(F.gelu, approximate=activation.approximate)
         return SimpleNamespace(
+            layer=self,
             norm_shape=norm1.normalized_shape, norm1_weight=norm1.weight, norm1_bias=norm1.bias, norm1_eps=norm1.eps,
             norm2_weight=norm2.weight, norm2_bias=norm2.bias, norm2_eps=norm2.eps,
             in_proj_weight=attn.in_proj_weight, in_proj_bias=attn.in_proj_bias, n_heads=attn.num_heads,
