@@ -3,8 +3,8 @@
 A decoding step multiplies one row per prompt or beam by every weight, so it reads each whole weight
 for a handful of rows, and how that weight is laid out in memory sets the speed (2 threads,
 bench/bench_gpt2.py; bench/RESULTS.md). Within the block, on a CPU:
-- every large linear weight of lm (ONEDNN_WEIGHT values or more: GPT-2 small's block weights and its
-  head) has a oneDNN copy, which `model/decoding_linear.py: linear` multiplies with oneDNN's fp32
+- every large float32 linear weight of lm (ONEDNN_WEIGHT values or more: GPT-2 small's block weights
+  and its head) has a oneDNN copy, which `model/decoding_linear.py: linear` multiplies with oneDNN's fp32
   product for one row and for many rows (1.3-2x faster than BLAS for GPT-2 small's weights);
 - when decoding one row, the other linear weights of the blocks are pointed at [in, out]-ordered copies
   (`copy.t()`: the same values and shape, other strides), which BLAS' matrix-vector product reads faster,
@@ -52,7 +52,8 @@ def decoding_weights(lm: nn.Module, rows: int = 1) -> Iterator[None]:
     if not weights or weights[0].device.type != "cpu" or sum(w.numel() for w in weights) > MAX_COPIED:
         yield
         return
-    large = [w for w in weights if w.numel() >= ONEDNN_WEIGHT] if onednn_available() else []
+    large = ([w for w in weights if w.numel() >= ONEDNN_WEIGHT and w.dtype == torch.float32]  # fp32: any x86 CPU
+             if onednn_available() else [])
     block_weights, onednn_weights = {id(w) for w in linear_weights(lm.decoder)}, {id(w) for w in large}
     in_out = [w for w in weights if id(w) in block_weights and id(w) not in onednn_weights] if rows == 1 else []
     copies: Dict[Tuple[int, str], Tuple[Tuple[int, int], Tensor, Tensor]] = lm.__dict__.setdefault(

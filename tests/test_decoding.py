@@ -258,3 +258,17 @@ def test_onednn_products_agree_with_f_linear():
                 assert torch.equal(linear(x, weight, bias), expected)  # with gradients: F.linear itself
         finally:
             ONEDNN_COPIES.pop(id(weight))
+
+
+def test_decoding_weights_leave_other_dtypes_to_blas(tok):
+    """oneDNN's bf16 product needs CPU features that not every machine has: a bfloat16 model decodes
+    through the BLAS products, with no oneDNN copies, and gives its plain forward loop's tokens."""
+    lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8).to(torch.bfloat16)
+    with decoding_weights(lm):
+        assert not any(has_onednn_copy(w) for w in linear_weights(lm))
+    greedy = lm.sample("the", max_seq_len=8, temperature=0, as_str=False)
+    with torch.no_grad():
+        ids = [tok.bos_id] + tok("the")
+        for _ in range(8 - 3):
+            ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
+    assert greedy == ids[1:]
