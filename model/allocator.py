@@ -11,12 +11,19 @@ so a fresh 80 MB buffer faults in 40 pages instead of 20,000. configs/ptb-10min.
 system time 17.3-18.6 s -> 7.0-7.1 s, wall 34.9-35.5 s -> 29.7-30.1 s, peak RSS 877-886 MB -> 911-922 MB,
 identical losses (bench/RESULTS.md).
 
-Opt-in, `tune_allocator()`: turning mmap off for malloc and raising the trim threshold lets freed blocks be reused instead; the
-cost is a much higher peak RSS (freed blocks stay in the heap and fragment it). Measured on
-configs/ptb-llama.txt, 40 steps, one thread: 24 s instead of 34 s, but a peak RSS of 2.8 GB
-instead of 0.8 GB (4.8 GB for the full 2-epoch run). Until that cost is bounded it is opt-in:
-`tune_allocator()` runs at every entry point (main.py, model_explorer, the tests, anything that
-imports the model package) and acts only when LM_MALLOC_TUNING=1.
+Also on by default, `tune_allocator()`: glibc keeps freed heap memory for reuse instead of handing it
+back after every step. glibc returns the free top of its heap to the OS once it exceeds a trim threshold
+(a few MB by default), and a step frees many small buffers (a small model's activations: 1.5 MB each),
+so each step faulted about 1,000 pages back in (shakespeare-char model, batch 12: 1.5-3.5 ms of system
+time per 32 ms step). Buffers under 2 MB now come from the heap (the larger ones are still mapped fresh,
+with huge pages), and up to 64 MB of freed heap stays in the process: no page faults per step, 4-5%
+faster steps there, 3% on configs/ptb-llama.txt, no higher peak RSS measured (bench/RESULTS.md).
+
+LM_MALLOC_TUNING chooses: unset (the above), "0" (glibc's own defaults) or "1" (no mmap for malloc
+at all and a 256 MB trim threshold: every freed block is reused; configs/ptb-llama.txt, 40 steps, one
+thread: 22.9 s instead of 24.0 s, but a peak RSS of 1.07 GB instead of 0.81 GB, unbounded in general:
+large blocks fragment the heap). `tune_allocator()` runs at every entry point (main.py, model_explorer,
+the tests, anything that imports the model package).
 """
 import ctypes
 import ctypes.util
@@ -24,8 +31,11 @@ import os
 import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-_tuned = False
+HEAP_BELOW_MB = 2  # default tuning: buffers under this size come from the heap
+KEEP_FREED_MB = 64  # default tuning: freed heap memory kept in the process, at most
+_tuned = ""  # the LM_MALLOC_TUNING mode applied ("default" or "1"), "" before / when nothing was applied
 
 
 def use_huge_pages() -> bool:
@@ -38,18 +48,24 @@ def use_huge_pages() -> bool:
     return os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
 
 
-def tune_allocator(trim_mb: int = 256) -> bool:
-    """Serve big allocations from the reusable heap (once per process). True when the settings were
-    applied; False unless LM_MALLOC_TUNING=1, off Linux/glibc, or when glibc refused them."""
+def tune_allocator() -> str:
+    """Apply the LM_MALLOC_TUNING mode once per process (see the module docstring). Returns the mode
+    applied: "default", "1", or "" for glibc's own settings (LM_MALLOC_TUNING=0, not Linux/glibc, refused)."""
     global _tuned
-    if _tuned:
-        return True
-    if os.environ.get("LM_MALLOC_TUNING", "0") != "1" or not sys.platform.startswith("linux"):
-        return False
+    mode = os.environ.get("LM_MALLOC_TUNING", "default")
+    if mode not in ("default", "0", "1"):
+        raise ValueError(f"LM_MALLOC_TUNING={mode!r}: set 0 (glibc's own settings) or 1 (reuse every freed "
+                         "block, more memory), or leave it unset (reuse freed small buffers; see model/allocator.py)")
+    if _tuned or mode == "0" or not sys.platform.startswith("linux"):
+        return _tuned
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        return False
-    _tuned = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, trim_mb << 20))
+        return ""
+    if mode == "1":
+        applied = mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    else:
+        applied = mallopt(M_MMAP_THRESHOLD, HEAP_BELOW_MB << 20) and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MB << 20)
+    _tuned = mode if applied else ""
     return _tuned

@@ -1,5 +1,6 @@
-"""With LM_MALLOC_TUNING=1 every process that imports the model package tunes the allocator: a 64 MB
-tensor then comes from the reusable heap instead of a fresh mmap. Off by default (peak RSS)."""
+"""Every process that imports the model package tunes glibc's allocator (model/allocator.py): by default
+buffers under 2 MB come from the heap and freed ones stay there for reuse (no page faults per step);
+LM_MALLOC_TUNING=1 serves every block from the heap, LM_MALLOC_TUNING=0 keeps glibc's own settings."""
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# glibc's mallinfo2().hblkhd: bytes currently held in mmap()ed blocks
+# glibc's mallinfo2(): hblkhd = bytes held in mmap()ed blocks, fordblks = free bytes kept in the heap
 PROBE = """
 import ctypes
 import model.allocator as allocator
@@ -20,8 +21,15 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-big = torch.empty(16 * 1024 * 1024)  # 64 MB
-print(allocator._tuned, libc.mallinfo2().hblkhd >= 64 * 1024 * 1024)
+MB = 1024 * 1024
+before = libc.mallinfo2().hblkhd
+small = [torch.ones(MB // 4) for _ in range(32)]  # 32 buffers of 1 MB, as a step's activations
+small_mapped = libc.mallinfo2().hblkhd - before >= 32 * MB
+del small
+kept = libc.mallinfo2().fordblks >= 30 * MB  # freed, but still in the process for the next step
+big = torch.empty(16 * MB)  # 64 MB
+big_mapped = libc.mallinfo2().hblkhd - before >= 64 * MB
+print(allocator._tuned or "-", small_mapped, kept, big_mapped)
 """
 
 
@@ -34,10 +42,16 @@ def run_probe(env_value: str) -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_importing_the_model_package_serves_big_tensors_from_the_heap() -> None:
-    assert run_probe("1") == "True False"  # tuned: the 64 MB tensor is not an mmap()ed block
-    assert run_probe("0") == "False True"  # glibc's defaults: it is
-    assert run_probe("") == "False True"  # off unless asked for
+def test_importing_the_model_package_keeps_freed_small_buffers_for_reuse() -> None:
+    assert run_probe("") == "default False True True"  # small buffers from the heap and kept; big ones mapped
+    assert run_probe("1") == "1 False True False"  # everything from the heap
+    assert run_probe("0") == "- True False True"  # glibc's defaults: mapped, and unmapped when freed
+
+
+def test_an_unknown_tuning_mode_is_a_clear_error() -> None:
+    env = dict(os.environ, LM_MALLOC_TUNING="yes")
+    out = subprocess.run([sys.executable, "-c", "import model"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "LM_MALLOC_TUNING='yes': set 0" in out.stderr
 
 
 THP_PROBE = """
