@@ -11,7 +11,9 @@ each run once per tree per repeat, taking turns to go first:
 - steady state: a fresh process per tree imports that tree's code, trains the same model with
   `LMTrainer` + `lightning.Trainer` (as `run_training` builds it, without validation) and reports
   training tokens/s from the median wall time of a step after the first 10.
-The best run of each tree is compared; the table prints both trees and the ratio. Both trees train
+The best run of each tree is compared, and for the steady state also the median (on a shared VM one
+process can run 10-20% slower than the next for no reason of its own: use --repeats 5 or more there);
+the table prints both trees and the ratio. Both trees train
 the same model from the same seed, so their final losses must match: the script prints them.
 """
 import argparse
@@ -131,8 +133,11 @@ def main() -> None:
     print(f"\nbase: {trees['base']}; {args.repeats} repeats, best of each; load average before: {os.getloadavg()[0]:.1f}\n")
     print("| measurement | base | this checkout | this / base |")
     print("|---|---:|---:|---:|")
-    print(f"| steady-state training tokens/s | {b['steady']['tokens_per_s']:,.0f} | {t['steady']['tokens_per_s']:,.0f} "
+    print(f"| steady-state training tokens/s, best | {b['steady']['tokens_per_s']:,.0f} | {t['steady']['tokens_per_s']:,.0f} "
           f"| {t['steady']['tokens_per_s'] / b['steady']['tokens_per_s']:.2f}x |")
+    medians = {name: statistics.median(r["tokens_per_s"] for r in results[name]["steady"]) for name in trees}
+    print(f"| steady-state training tokens/s, median | {medians['base']:,.0f} | {medians['this']:,.0f} "
+          f"| {medians['this'] / medians['base']:.2f}x |")
     print(f"| {args.steps}-step run, wall s (speed-up = base / this) | {b['whole']['wall_s']:.1f} | {t['whole']['wall_s']:.1f} "
           f"| {b['whole']['wall_s'] / t['whole']['wall_s']:.2f}x faster |")
     for key, label in (("user_s", "user CPU s"), ("sys_s", "system CPU s"), ("peak_mb", "peak RSS MB")):
