@@ -12,8 +12,9 @@ bench/bench_gpt2.py; bench/RESULTS.md). Within the block, on a CPU:
   shakespeare-char shape; all weights do where oneDNN is not available).
 Afterwards the weights are as before and `linear` is plain F.linear again.
 
-The copies stay on the LM for the next call (`lm.__dict__["_decoding_copies"]`; pop it to free them) and
-are remade when a weight changed: a new tensor, its version counter (in-place edits, optimizer steps,
+The copies are kept for the next call, beside the weights rather than on the LM (so that copying,
+pickling or saving the LM never meets them), until the weights are freed or `drop_copies(lm)`. They are
+remade when a weight changed: a new tensor, its version counter (in-place edits, optimizer steps,
 load_state_dict) or its sum (edits through `.data`, which the version counter does not see). They cost
 memory (GPT-2 small: 500 MB): none are made when the weights add up to more than MAX_COPIED values.
 """
@@ -22,11 +23,13 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from model.decoding_linear import ONEDNN_COPIES
 
 ONEDNN_WEIGHT = 1 << 19  # 524k values (2 MB): from this size oneDNN's product wins (GPT-2's 768 x 768 does)
 MAX_COPIED = 1 << 28  # 1G values (GPT-2 small: 124M): beyond this, decode with the weights as they are
+_COPIES = WeakIdKeyDictionary()  # weight -> {kind: ((data_ptr, version), sum, copy)}; gone with the weight
 
 
 def linear_weights(module: nn.Module) -> List[nn.Parameter]:
@@ -56,16 +59,14 @@ def decoding_weights(lm: nn.Module, rows: int = 1) -> Iterator[None]:
              if onednn_available() else [])
     block_weights, onednn_weights = {id(w) for w in linear_weights(lm.decoder)}, {id(w) for w in large}
     in_out = [w for w in weights if id(w) in block_weights and id(w) not in onednn_weights] if rows == 1 else []
-    copies: Dict[Tuple[int, str], Tuple[Tuple[int, int], Tensor, Tensor]] = lm.__dict__.setdefault(
-        "_decoding_copies", {})
     originals = []
     try:
         with torch.no_grad():
             for weight in large:
-                ONEDNN_COPIES[id(weight)] = _copy(copies, weight, "onednn", Tensor.to_mkldnn)
+                ONEDNN_COPIES[id(weight)] = _copy(weight, "onednn", Tensor.to_mkldnn)
             for weight in in_out:
                 originals.append((weight, weight.data))
-                weight.data = _copy(copies, weight, "in_out", lambda w: w.t().contiguous()).t()
+                weight.data = _copy(weight, "in_out", lambda w: w.t().contiguous()).t()
         yield
     finally:
         for weight in large:
@@ -74,10 +75,17 @@ def decoding_weights(lm: nn.Module, rows: int = 1) -> Iterator[None]:
             weight.data = data
 
 
-def _copy(copies: Dict, weight: Tensor, kind: str, make: Callable[[Tensor], Tensor]) -> Tensor:
-    """The `kind` copy of weight from `copies`, remade (make(weight)) when the weight changed since."""
+def drop_copies(lm: nn.Module) -> None:
+    """Free the decoding copies of lm's weights (the next decoding run makes them again)."""
+    for weight in linear_weights(lm):
+        _COPIES.pop(weight, None)
+
+
+def _copy(weight: Tensor, kind: str, make: Callable[[Tensor], Tensor]) -> Tensor:
+    """The `kind` copy of weight, remade (make(weight)) when the weight changed since it was made."""
     stamp, total = (weight.data_ptr(), weight._version), weight.sum()
-    entry = copies.get((id(weight), kind))
+    entries: Dict[str, Tuple[Tuple[int, int], Tensor, Tensor]] = _COPIES.setdefault(weight, {})
+    entry = entries.get(kind)
     if entry is None or entry[0] != stamp or not torch.equal(entry[1], total):
-        entry = copies[(id(weight), kind)] = (stamp, total, make(weight))
+        entry = entries[kind] = (stamp, total, make(weight))
     return entry[2]

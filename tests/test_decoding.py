@@ -1,5 +1,8 @@
 """Beam search (against transformers' generate on the same GPT-2 weights) and batched prompts
 (against sampling each prompt alone) for lm.sample and lm.beam_search."""
+import copy
+import io
+
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
@@ -8,7 +11,7 @@ from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
 from model.decoding_linear import ONEDNN_COPIES, Linear, has_onednn_copy, linear
-from model.decoding_weights import ONEDNN_WEIGHT, decoding_weights, linear_weights, onednn_available
+from model.decoding_weights import ONEDNN_WEIGHT, decoding_weights, drop_copies, linear_weights, onednn_available
 from model.output_projection import LARGE_WEIGHT, OutputProjection
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
@@ -230,7 +233,9 @@ def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
     with decoding_weights(lm, rows=4):  # several rows: oneDNN copies, weights as they are
         assert all(w.is_contiguous() and has_onednn_copy(w) == any(w is u for u in large) for w in weights)
     greedy = lm.sample("the", max_seq_len=12, temperature=0, as_str=False)
-    lm.__dict__.pop("_decoding_copies")
+    assert isinstance(copy.deepcopy(lm), LM)  # the copies are not on the LM: it still copies and pickles
+    torch.save(lm, io.BytesIO())
+    drop_copies(lm)
     with torch.no_grad():
         ids = [tok.bos_id] + tok("the")
         for _ in range(12 - 3):
