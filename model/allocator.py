@@ -15,13 +15,16 @@ Also on by default, `tune_allocator()`: glibc keeps freed heap memory for reuse 
 back after every step. glibc returns the free top of its heap to the OS once it exceeds a trim threshold
 (a few MB by default), and a step frees many small buffers (a small model's activations: 1.5 MB each),
 so each step faulted about 1,000 pages back in (shakespeare-char model, batch 12: 1.5-3.5 ms of system
-time per 32 ms step). Buffers under 2 MB now come from the heap (the larger ones are still mapped fresh,
-with huge pages), and up to 64 MB of freed heap stays in the process: no page faults per step, 4-5%
-faster steps there, 3% on configs/ptb-llama.txt, no higher peak RSS measured (bench/RESULTS.md).
+time per 32 ms step). Now buffers under 32 MB come from the heap from the start (glibc's adaptive mmap
+threshold climbs to this limit anyway once such buffers are freed; larger ones are still mapped fresh,
+with huge pages), and up to 64 MB of freed heap stays in the process (the trim threshold glibc itself
+pairs with it): no page faults per step and about 4% faster steps there, 8% on configs/ptb-llama.txt,
+1-2% more peak memory (bench/RESULTS.md). (A 2 MB threshold, tried first, made batched GPT-2 decoding
+slower: its 3 MB logits were then mapped afresh at every step.)
 
 LM_MALLOC_TUNING chooses: unset (the above), "0" (glibc's own defaults) or "1" (no mmap for malloc
 at all and a 256 MB trim threshold: every freed block is reused; configs/ptb-llama.txt, 40 steps, one
-thread: 22.9 s instead of 24.0 s, but a peak RSS of 1.07 GB instead of 0.81 GB, unbounded in general:
+thread: 23.0 s instead of 24.2 s, but a peak RSS of 1.07 GB instead of 0.82 GB, unbounded in general:
 large blocks fragment the heap). `tune_allocator()` runs at every entry point (main.py, model_explorer,
 the tests, anything that imports the model package).
 """
@@ -33,7 +36,7 @@ import sys
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-HEAP_BELOW_MB = 2  # default tuning: buffers under this size come from the heap
+HEAP_BELOW_MB = 32  # default tuning: buffers under this size come from the heap (glibc's largest mmap threshold)
 KEEP_FREED_MB = 64  # default tuning: freed heap memory kept in the process, at most
 _tuned = ""  # the LM_MALLOC_TUNING mode applied ("default" or "1"), "" before / when nothing was applied
 

@@ -1,5 +1,5 @@
 """Every process that imports the model package tunes glibc's allocator (model/allocator.py): by default
-buffers under 2 MB come from the heap and freed ones stay there for reuse (no page faults per step);
+buffers under 32 MB come from the heap and freed ones stay there for reuse (no page faults per step);
 LM_MALLOC_TUNING=1 serves every block from the heap, LM_MALLOC_TUNING=0 keeps glibc's own settings."""
 import os
 import subprocess
