@@ -277,3 +277,20 @@ def test_decoding_weights_leave_other_dtypes_to_blas(tok):
         for _ in range(8 - 3):
             ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
     assert greedy == ids[1:]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_prompts_and_beams_through_onednn_match_one_by_one(tok, arch, monkeypatch):
+    """Weights large enough for oneDNN's product (decoding_weights.ONEDNN_WEIGHT): 9 prompts as one batch
+    (9 rows, fewer as rows finish) give the tokens of sampling each alone (one row), and beam search (5
+    beams; its prompt read as 9 positions) the sequences and scores it finds without oneDNN."""
+    lm = make_lm(tok, layer_architecture=arch, n_layers=2, dim=640, n_heads=8)
+    assert sum(w.numel() >= ONEDNN_WEIGHT for w in linear_weights(lm)) >= 4
+    prompts = ["the", "a", "bb", "ccc", "dd", "e", "ffff", "g", "hh"]
+    alone = [lm.sample(p, max_seq_len=12, temperature=0) for p in prompts]
+    assert lm.sample(prompts, max_seq_len=12, temperature=0) == alone
+    beams = lm.beam_search("abcdefgh", beam_size=5, max_seq_len=14, n_best=3, as_str=False)
+    monkeypatch.setattr("model.decoding_weights.onednn_available", lambda: False)
+    plain = lm.beam_search("abcdefgh", beam_size=5, max_seq_len=14, n_best=3, as_str=False)
+    assert [ids for ids, _ in beams] == [ids for ids, _ in plain]
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(beams, plain))
