@@ -197,6 +197,15 @@ def test_decoding_linear_equals_f_linear():
         assert torch.equal(layer(x), linear(x, layer.weight, layer.bias))  # the module runs the same product
 
 
+def uncached_greedy(lm: LM, tok: Tokenizer, prompt: str, max_seq_len: int) -> list:
+    """Greedy sampling the plain way: the whole sequence through lm at each step, no cache, no decoding copies."""
+    with torch.no_grad():
+        ids = [tok.bos_id] + tok(prompt)
+        while len(ids) - 1 < max_seq_len:
+            ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
+    return ids[1:]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
     """Decoding on a CPU multiplies the large weights through oneDNN copies and reads the other block
@@ -236,11 +245,7 @@ def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
     assert isinstance(copy.deepcopy(lm), LM)  # the copies are not on the LM: it still copies and pickles
     torch.save(lm, io.BytesIO())
     drop_copies(lm)
-    with torch.no_grad():
-        ids = [tok.bos_id] + tok("the")
-        for _ in range(12 - 3):
-            ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
-    assert greedy == ids[1:]
+    assert greedy == uncached_greedy(lm, tok, "the", 12)
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
@@ -271,12 +276,7 @@ def test_decoding_weights_leave_other_dtypes_to_blas(tok):
     lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8).to(torch.bfloat16)
     with decoding_weights(lm):
         assert not any(has_onednn_copy(w) for w in linear_weights(lm))
-    greedy = lm.sample("the", max_seq_len=8, temperature=0, as_str=False)
-    with torch.no_grad():
-        ids = [tok.bos_id] + tok("the")
-        for _ in range(8 - 3):
-            ids.append(lm(torch.tensor([ids]))[0, -1].argmax().item())
-    assert greedy == ids[1:]
+    assert lm.sample("the", max_seq_len=8, temperature=0, as_str=False) == uncached_greedy(lm, tok, "the", 8)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
