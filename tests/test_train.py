@@ -1,5 +1,6 @@
 """Real short trainings through run_training: learning, train_stats, saving, wandb offline,
 determinism, Ctrl-C and --resume. Tiny models and data slices: a few seconds per run."""
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from data.data_params import DataParams
 from main import Namer, build_arg_parser
 from model.model_params import ModelParams
+from train.precision import resolve_precision
 from train.run import run_training
 from train.run_folder import FILES, load_run
 from train.train_params import TrainParams
@@ -145,7 +147,10 @@ def test_ptb_run_saves_a_reloadable_folder_and_an_offline_wandb_run(
     x = torch.tensor([[saved.tokenizer.bos_id, 5, 17, 42, 9]])
     with torch.no_grad():
         assert torch.equal(saved.lm(x), keep.lm.eval()(x))
-    assert saved.params["train_params"] == namer.train_params
+    # saved as the run used them: precision "auto" as what it chose on this machine
+    assert namer.train_params.precision == "auto"
+    used = dataclasses.replace(namer.train_params, precision=resolve_precision("auto", torch.device("cpu")))
+    assert saved.params["train_params"] == used
     assert saved.train_stats == result["train_stats"]
     from data.dataloader import LMDataModule
     dm = LMDataModule(saved.params["data_params"], batch_size=16, tokenizer=saved.tokenizer)

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
 
 from data.data_path import cache_dir
 from data.dataloader import LMDataModule
@@ -29,6 +30,7 @@ from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, NonFiniteLos
 from train.devices import DeviceSetup, check_fsdp_model, device_setup, is_rank_zero, sharded
 from train.resumable_loader import ResumableTrainLoader
 from train.resume import checked_checkpoint, run_identity
+from train.precision import describe_precision, precision_plugin, resolve_precision
 from train.run_folder import save_run
 from train.save_dir import check_save_dir, partial_folder, release
 from train.train_params import TrainParams
@@ -53,7 +55,9 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     device = setup.device
     say = print if is_rank_zero() else (lambda *a, **k: None)  # the other ranks train quietly
     if tp.precision == "16-mixed" and device.type != "cuda":
-        raise ValueError('TrainParams.precision="16-mixed" needs a CUDA GPU: use "32" or "bf16-mixed" on a CPU')
+        raise ValueError('TrainParams.precision="16-mixed" needs a CUDA GPU: use "auto", "32" or "bf16-mixed" on a CPU')
+    precision = describe_precision(tp.precision, resolve_precision(tp.precision, device))
+    tp = dataclasses.replace(tp, precision=resolve_precision(tp.precision, device))  # what the run used, in params.json
 
     L.seed_everything(tp.seed, workers=True, verbose=False)
     dm = LMDataModule(dp, batch_size=tp.batch_size, data_path=getattr(args, "data_path", None), seed=tp.seed)
@@ -63,7 +67,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     L.seed_everything(tp.seed, workers=True, verbose=False)  # the weights depend on the seed alone
     lm = LM(mp, dm.tokenizer, sample_mode=dm.sample_mode)
     check_fsdp_model(setup.strategy, lm)
-    say(f"data:  {dm}\nmodel: {lm}\ndevice: {setup.describe()}")
+    say(f"data:  {dm}\nmodel: {lm}\ndevice: {setup.describe()}, precision {precision}")
     if setup.world_size > 1:
         say(f"batch: {tp.batch_size} per device x {setup.world_size} processes = global batch "
             f"{tp.batch_size * setup.world_size}")
@@ -222,6 +226,8 @@ def make_trainer(tp: TrainParams, setup: Union[DeviceSetup, torch.device], n_tra
         logging.getLogger(name).setLevel(logging.WARNING)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
+    precision = resolve_precision(tp.precision, device)
+    plugin = precision_plugin(precision, device) if not isinstance(setup.strategy, FSDPStrategy) else None
     val_every = tp.val_check_interval if tp.val_check_interval and tp.val_check_interval < n_train_batches else None
     if enable_progress_bar:
         callbacks = [*callbacks, progress_bar()]
@@ -236,7 +242,8 @@ def make_trainer(tp: TrainParams, setup: Union[DeviceSetup, torch.device], n_tra
         max_steps=tp.max_steps if tp.max_steps is not None else -1,
         gradient_clip_val=tp.grad_clip,
         accumulate_grad_batches=tp.accumulate_grad_batches,
-        precision=tp.precision,
+        precision=None if plugin else precision,
+        plugins=[plugin] if plugin else None,
         val_check_interval=val_every,
         # several processes: the sharded loaders already hold the first limit_val_batches batches' samples
         limit_val_batches=tp.limit_val_batches if tp.limit_val_batches is not None and setup.world_size == 1 else 1.0,

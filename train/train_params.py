@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Union
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -25,7 +25,7 @@ class TrainParams:
     grad_clip: Optional[float] = 1.0  # clip the gradient norm to this; None disables clipping
     accumulate_grad_batches: int = 1  # batches per optimizer step
     seed: int = 0  # seed for weights, batch order and dropout
-    precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA only)
+    precision: str = "auto"  # "auto" (bf16-mixed where the device multiplies bfloat16 natively: CPUs with AVX512-BF16 or AMX, recent GPUs; else 32), "32", "bf16-mixed" or "16-mixed" (CUDA only)
     compile: bool = False  # torch.compile the model before training
     devices: Union[int, List[int], str] = 1  # devices per node: a count, a list of GPU numbers, or "auto" (every GPU); without CUDA, the number of CPU processes
     strategy: str = "auto"  # "auto" (DDP when several devices), "ddp", or "fsdp" (shards each transformer block; CUDA only)

@@ -7,13 +7,15 @@ with PyTorch's own attention ops so that the custom path's edits never leak into
   - attention weights (`need_weights=True`): nn.MultiheadAttention asked for per-head weights;
   - sampling with a key/value cache: F.scaled_dot_product_attention over the cached keys.
 """
+from contextlib import nullcontext
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, Optional, Tuple
+from typing import Any, ContextManager, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.decoding_linear import linear
 from model.model_params import ModelParams
@@ -43,7 +45,8 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
         if kv_cache is None and not need_weights:  # the fast path: PyTorch's layer as is
-            return super().forward(x, src_mask=causal_mask(x.shape[1], x.device), is_causal=True), None
+            with attention_kernels(x):
+                return super().forward(x, src_mask=causal_mask(x.shape[1], x.device), is_causal=True), None
         if kv_cache is not None and need_weights:
             raise ValueError("attention weights while sampling with a kv cache are only available in the "
                              "custom-transformer path (see LM.with_layer_architecture)")
@@ -120,6 +123,16 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
                                              is_causal=plain_causal,
                                              dropout_p=w.attn_dropout if self.training else 0.0)
         return linear(out.transpose(1, 2).reshape(batch, seq, dim), w.out_proj_weight, w.out_proj_bias), None
+
+
+def attention_kernels(x: Tensor) -> ContextManager:
+    """The fused attention kernels PyTorch may choose from for x: all of them, except on a CPU under
+    bfloat16 autocast (precision="bf16-mixed"), where the flash kernel's backward pass is about 4x slower
+    than the plain math kernel's, which makes a small model's whole training step 1.4x slower
+    (bench/bench_vs_base.py); the math kernel is the same attention, computed as softmax(q k^T / sqrt(d)) v."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return sdpa_kernel(SDPBackend.MATH)
+    return nullcontext()
 
 
 def causal_mask(seq: int, device: torch.device) -> Tensor:
