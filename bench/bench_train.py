@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from config_parser import load_runs  # noqa: E402
 from data.dataloader import LMDataModule  # noqa: E402
 from model.lm import LM  # noqa: E402
+from train.precision import resolve_precision  # noqa: E402
 from train.resumable_loader import ResumableTrainLoader  # noqa: E402
 from train.run import IGNORED_WARNINGS, make_trainer  # noqa: E402
 from train.trainer import LMTrainer, lr_schedule, make_optimizer  # noqa: E402
@@ -103,8 +104,11 @@ def lightning_loop(lm: LM, dm: LMDataModule, tp: Any, device: torch.device, step
 
 def plain_loop(lm: LM, dm: LMDataModule, tp: Any, device: torch.device, steps: int,
                warmup: int, sync: Any) -> Tuple[float, Dict[str, torch.Tensor]]:
-    """What Lightning does for us, written out: the same batches, optimizer, schedule and clipping."""
+    """What Lightning does for us, written out: the same batches, optimizer, schedule, clipping and precision
+    (bf16-mixed: the forward under bfloat16 autocast, as Lightning's precision plugin runs it)."""
     lm.to(device).train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False,
+                              enabled=resolve_precision(tp.precision, device) == "bf16-mixed")
     optimizer = make_optimizer(lm, tp)
     params = [p for group in optimizer.param_groups for p in group["params"]]  # clipped in Lightning's order
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tp, total_steps=steps))
@@ -116,7 +120,8 @@ def plain_loop(lm: LM, dm: LMDataModule, tp: Any, device: torch.device, steps: i
         if i >= warmup:
             clock.tick(batch)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss, _ = lm.get_losses(batch, tp)
+        with autocast:
+            loss, _ = lm.get_losses(batch, tp)
         loss.backward()
         if tp.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, tp.grad_clip)
@@ -180,7 +185,7 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)  # see StepClock
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"lightning {L.__version__}; {args.steps} steps ({args.warmup} untimed), {args.repeats} repeats")
+          f"lightning {L.__version__}, precision {resolve_precision('auto', device)} (auto); {args.steps} steps ({args.warmup} untimed), {args.repeats} repeats")
 
     rows = [bench_config(config, arch, args, device) for config in args.configs for arch in ARCHITECTURES]
     print("\n| config | layers | parameters | Lightning tokens/s | plain loop tokens/s | Lightning / plain "
