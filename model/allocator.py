@@ -11,22 +11,22 @@ so a fresh 80 MB buffer faults in 40 pages instead of 20,000. configs/ptb-10min.
 system time 17.3-18.6 s -> 7.0-7.1 s, wall 34.9-35.5 s -> 29.7-30.1 s, peak RSS 877-886 MB -> 911-922 MB,
 identical losses (bench/RESULTS.md).
 
-Also on by default, `tune_allocator()`: glibc keeps freed heap memory for reuse instead of handing it
-back after every step. glibc returns the free top of its heap to the OS once it exceeds a trim threshold
-(a few MB by default), and a step frees many small buffers (a small model's activations: 1.5 MB each),
-so each step faulted about 1,000 pages back in (shakespeare-char model, batch 12: 1.5-3.5 ms of system
-time per 32 ms step). Now buffers under 32 MB come from the heap from the start (glibc's adaptive mmap
-threshold climbs to this limit anyway once such buffers are freed; larger ones are still mapped fresh,
-with huge pages), and up to 64 MB of freed heap stays in the process (the trim threshold glibc itself
-pairs with it): no page faults per step and about 4% faster steps there, 8% on configs/ptb-llama.txt,
-1-2% more peak memory (bench/RESULTS.md). (A 2 MB threshold, tried first, made batched GPT-2 decoding
-slower: its 3 MB logits were then mapped afresh at every step.)
+Also on by default, `tune_allocator()`: glibc serves every block from its heap (no mmap for malloc) and keeps
+up to 256 MB of freed heap in the process, so a step's buffers are reused by the next step instead of being
+handed back to the OS and faulted in again. glibc's own settings return the free top of the heap once it
+exceeds a few MB and map every buffer over its mmap threshold (at most 32 MB) afresh: a small model's
+activations (1.5 MB each) faulted about 1,000 pages back in per step, and a word-level model's logits and
+their gradients (82 MB each at batch 32 x 64 x 10,000) were mapped and zeroed at every step, which cost
+configs/ptb-10min.txt a third of its CPU time in the kernel. Measured against the earlier default (buffers
+under 32 MB from the heap, 64 MB kept; bench/RESULTS.md): ptb-10min 300 -> 201 s for the whole run (peak RSS
+1.03 -> 1.00 GB), ptb-small 150 steps 1.19x faster (peak +16%), ptb-llama 60 steps 1.14x (+4%), batched
+GPT-2 decoding 1.06x (+2-3%). The heap's layout settles after a few steps (the same buffers every step), so the
+peak does not creep up over a long run. A 2 MB mmap threshold, tried first, made batched GPT-2 decoding slower:
+its 3 MB logits were then mapped afresh at every step.
 
-LM_MALLOC_TUNING chooses: unset (the above), "0" (glibc's own defaults) or "1" (no mmap for malloc
-at all and a 256 MB trim threshold: every freed block is reused; configs/ptb-llama.txt, 40 steps, one
-thread: 23.0 s instead of 24.2 s, but a peak RSS of 1.07 GB instead of 0.82 GB, unbounded in general:
-large blocks fragment the heap). `tune_allocator()` runs at every entry point (main.py, model_explorer,
-the tests, anything that imports the model package).
+LM_MALLOC_TUNING chooses: unset or "1" (the above) or "0" (glibc's own settings: less memory held, slower
+word-level steps). `tune_allocator()` runs at every entry point (main.py, model_explorer, the tests, anything
+that imports the model package).
 """
 import ctypes
 import ctypes.util
@@ -34,10 +34,8 @@ import os
 import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
-M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-HEAP_BELOW_MB = 32  # default tuning: buffers under this size come from the heap (glibc's largest mmap threshold)
-KEEP_FREED_MB = 64  # default tuning: freed heap memory kept in the process, at most
+KEEP_FREED_MB = 256  # freed memory at the top of the heap kept in the process, at most
 _tuned = ""  # the LM_MALLOC_TUNING mode applied ("default" or "1"), "" before / when nothing was applied
 
 
@@ -57,8 +55,8 @@ def tune_allocator() -> str:
     global _tuned
     mode = os.environ.get("LM_MALLOC_TUNING", "default")
     if mode not in ("default", "0", "1"):
-        raise ValueError(f"LM_MALLOC_TUNING={mode!r}: set 0 (glibc's own settings) or 1 (reuse every freed "
-                         "block, more memory), or leave it unset (reuse freed small buffers; see model/allocator.py)")
+        raise ValueError(f"LM_MALLOC_TUNING={mode!r}: set 0 (glibc's own settings, less memory held) or 1 "
+                         "(reuse every freed block, the default when unset; see model/allocator.py)")
     if _tuned or mode == "0" or not sys.platform.startswith("linux"):
         return _tuned
     try:
@@ -66,9 +64,6 @@ def tune_allocator() -> str:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return ""
-    if mode == "1":
-        applied = mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 256 << 20)
-    else:
-        applied = mallopt(M_MMAP_THRESHOLD, HEAP_BELOW_MB << 20) and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MB << 20)
+    applied = mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MB << 20)
     _tuned = mode if applied else ""
     return _tuned

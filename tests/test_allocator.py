@@ -1,6 +1,6 @@
 """Every process that imports the model package tunes glibc's allocator (model/allocator.py): by default
-buffers under 32 MB come from the heap and freed ones stay there for reuse (no page faults per step);
-LM_MALLOC_TUNING=1 serves every block from the heap, LM_MALLOC_TUNING=0 keeps glibc's own settings."""
+(or LM_MALLOC_TUNING=1) every block comes from the heap and freed ones stay there for reuse (no page faults
+per step); LM_MALLOC_TUNING=0 keeps glibc's own settings."""
 import os
 import subprocess
 import sys
@@ -42,9 +42,9 @@ def run_probe(env_value: str) -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_importing_the_model_package_keeps_freed_small_buffers_for_reuse() -> None:
-    assert run_probe("") == "default False True True"  # small buffers from the heap and kept; big ones mapped
-    assert run_probe("1") == "1 False True False"  # everything from the heap
+def test_importing_the_model_package_keeps_freed_buffers_for_reuse() -> None:
+    assert run_probe("") == "default False True False"  # every buffer from the heap, freed ones kept
+    assert run_probe("1") == "1 False True False"  # the same, asked for
     assert run_probe("0") == "- True False True"  # glibc's defaults: mapped, and unmapped when freed
 
 
@@ -77,10 +77,11 @@ def thp_mode() -> str:
 @pytest.mark.skipif(thp_mode() == "never", reason="the kernel has transparent huge pages off")
 def test_big_tensors_get_huge_pages_unless_the_user_says_otherwise() -> None:
     """Importing the model package turns on PyTorch's huge-page allocation: ten fresh 80 MB buffers then
-    cost a few thousand page faults instead of ~200,000 (4 kB pages). THP_MEM_ALLOC_ENABLE=0 keeps it off."""
+    cost a few thousand page faults instead of ~200,000 (4 kB pages). THP_MEM_ALLOC_ENABLE=0 keeps it off.
+    (With glibc's own settings, LM_MALLOC_TUNING=0, so that each buffer is mapped afresh rather than reused.)"""
     def faults(**env_value) -> int:
         env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-        env.update(env_value)
+        env.update(env_value, LM_MALLOC_TUNING="0")
         return int(subprocess.run([sys.executable, "-c", THP_PROBE], cwd=REPO, env=env, capture_output=True,
                                   text=True, check=True).stdout)
     default = faults()
