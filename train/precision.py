@@ -3,7 +3,8 @@
 "auto" (the default) is bfloat16 mixed precision where the device multiplies bfloat16 natively, float32
 elsewhere. Mixed precision keeps the weights, their gradients and AdamW's moments in float32 and runs
 the matrix products (and PyTorch's other autocast ops) in bfloat16: on a CPU with AVX512-BF16 a small
-model trains 1.7-2x faster per step and learns as much per step (bench/RESULTS.md, "Training speed").
+model's training step is 1.5-1.7x faster (torch path; 1.9-2x on the custom path) and learns as much
+(bench/bench_precision.py, bench/bench_vs_base.py; bench/RESULTS.md, issue 15's third session).
 Validation, the final losses a run reports and everything model_explorer measures stay in float32.
 """
 from contextlib import contextmanager

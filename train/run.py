@@ -28,9 +28,9 @@ from data.dataloader import LMDataModule
 from model.lm import LM
 from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, NonFiniteLoss, progress_bar
 from train.devices import DeviceSetup, check_fsdp_model, device_setup, is_rank_zero, sharded
+from train.precision import describe_precision, precision_plugin, resolve_precision
 from train.resumable_loader import ResumableTrainLoader
 from train.resume import checked_checkpoint, run_identity
-from train.precision import describe_precision, precision_plugin, resolve_precision
 from train.run_folder import save_run
 from train.save_dir import check_save_dir, partial_folder, release
 from train.train_params import TrainParams
@@ -56,8 +56,9 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     say = print if is_rank_zero() else (lambda *a, **k: None)  # the other ranks train quietly
     if tp.precision == "16-mixed" and device.type != "cuda":
         raise ValueError('TrainParams.precision="16-mixed" needs a CUDA GPU: use "auto", "32" or "bf16-mixed" on a CPU')
-    precision = describe_precision(tp.precision, resolve_precision(tp.precision, device))
-    tp = dataclasses.replace(tp, precision=resolve_precision(tp.precision, device))  # what the run used, in params.json
+    resolved = resolve_precision(tp.precision, device)
+    precision = describe_precision(tp.precision, resolved)
+    tp = dataclasses.replace(tp, precision=resolved)  # params.json records what the run used
 
     L.seed_everything(tp.seed, workers=True, verbose=False)
     dm = LMDataModule(dp, batch_size=tp.batch_size, data_path=getattr(args, "data_path", None), seed=tp.seed)

@@ -127,10 +127,11 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
 
 def attention_kernels(x: Tensor) -> ContextManager:
     """The fused attention kernels PyTorch may choose from for x: all of them, except on a CPU under
-    bfloat16 autocast (precision="bf16-mixed"), where the flash kernel's backward pass is about 4x slower
-    than the plain math kernel's, which makes a small model's whole training step 1.4x slower
-    (bench/bench_vs_base.py); the math kernel is the same attention, computed as softmax(q k^T / sqrt(d)) v."""
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+    bfloat16 autocast (precision="bf16-mixed"), where the flash kernel's backward pass takes about 4x as long
+    as the plain math kernel's, and a small model's whole training step 1.35x as long (bench/bench_precision.py).
+    The math kernel is the same attention, computed as softmax(q k^T / sqrt(d)) v."""
+    cpu_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if x.device.type == "cpu" and cpu_bf16:
         return sdpa_kernel(SDPBackend.MATH)
     return nullcontext()
 
