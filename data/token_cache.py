@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable
 
 import numpy as np
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from .line_sources import lines_fingerprint
 from .token_file import TokenFile, token_dtype, write_token_file
@@ -60,6 +61,14 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def say(message: str) -> None:
+    """Print, in the process of global rank 0 only: under DDP every rank tokenizes a cold cache (the first
+    to finish stores it), and one report is enough. Lightning reads the rank from the launcher's
+    environment (RANK, LOCAL_RANK, SLURM_PROCID) when it is imported, before any process group exists."""
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(message, flush=True)
+
+
 def cached_tokenizer(train: Callable[[], Tokenizer], train_texts: Dict[str, Iterable[str]], settings: dict,
                      label: str, cache_dir: Path) -> Tokenizer:
     """Load the tokenizer that `train()` would build from `train_texts` with `settings`, or build
@@ -94,7 +103,7 @@ def cached_token_files(texts: Dict[str, Iterable[str]], tokenizer: Tokenizer, la
         except Exception as e:
             print(f"ignoring unreadable token cache {folder}: {e}")
         shutil.rmtree(folder, ignore_errors=True)  # the damaged entry; a complete one replaces it below
-    print(f"tokenizing {label} ({', '.join(texts)}); caching the ids in {folder}", flush=True)
+    say(f"tokenizing {label} ({', '.join(texts)}); caching the ids in {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -108,7 +117,7 @@ def cached_token_files(texts: Dict[str, Iterable[str]], tokenizer: Tokenizer, la
             os.replace(tmp, folder)
         except OSError:  # a parallel run (another DDP rank, a sweep) stored the same entry first: keep
             pass  # it, never delete it, as that run may be reading it right now
-        print(f"tokenized {'; '.join(summary)} in {time.perf_counter() - start:.1f} s", flush=True)
+        say(f"tokenized {'; '.join(summary)} in {time.perf_counter() - start:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {name: TokenFile(folder, name, dtype) for name in texts}

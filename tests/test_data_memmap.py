@@ -118,3 +118,18 @@ def test_a_token_cache_entry_stored_by_a_parallel_run_is_kept_not_replaced(tmp_p
     assert files["train"].bin_path.stat().st_ino == seen["inode"]  # the parallel run's file, untouched
     assert np.array_equal(files["train"].tokens, seen["files"]["train"].tokens)
     assert [p.name for p in (tmp_path / "tokens").iterdir()] == [files["train"].bin_path.parent.name]  # no tmp left
+
+
+def test_only_rank_zero_says_it_is_tokenizing(tmp_path, monkeypatch, capsys):
+    """Under srun or torchrun every rank starts at once and tokenizes a cold cache: one report is enough."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from data import token_cache
+    lines = [f"line {i} says {i % 7}" for i in range(50)]
+    tok = Tokenizer.train("word", lines, vocab_size=50)
+    for rank, cache in ((1, tmp_path / "rank1"), (0, tmp_path / "rank0")):
+        monkeypatch.setattr(rank_zero_only, "rank", rank, raising=False)
+        files = token_cache.cached_token_files({"train": lines}, tok, "ranks", cache)
+        assert len(files["train"].tokens) > 0  # every rank tokenizes and reads the same files
+        said = capsys.readouterr().out
+        assert ("tokenizing ranks" in said and "tokenized train" in said) == (rank == 0), (rank, said)
