@@ -23,12 +23,10 @@ from typing import Any, Dict, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from config_parser import load_runs  # noqa: E402
-from data.dataloader import LMDataModule  # noqa: E402
+from bench_train import bench_model  # noqa: E402
 from model.lm import LM  # noqa: E402
 from train.trainer import make_optimizer  # noqa: E402
 
@@ -64,16 +62,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=35, help="timed steps per block (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="blocks per variant (default: %(default)s)")
     args = parser.parse_args()
-    run = load_runs(args.config, [f"batch_size={args.batch_size}"])[0]
-    dp, mp, tp = run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"]
-    dm = LMDataModule(dp, batch_size=args.batch_size, seed=tp.seed)
-    batches = [b for _, b in zip(range(args.steps + 5), dm.train_dataloader())]
     models: Dict[str, Tuple[LM, torch.optim.Optimizer]] = {}
     for architecture in sorted({v[0] for v in VARIANTS}):
-        L.seed_everything(tp.seed, verbose=False)
-        lm = LM(dataclasses.replace(mp, max_seq_len=mp.max_seq_len or dp.max_seq_len,
-                                    layer_architecture=architecture), dm.tokenizer).train()
-        models[architecture] = lm, make_optimizer(lm, dataclasses.replace(tp, precision="32"))  # fused AdamW
+        lm, dm, tp = bench_model(args.config, architecture, [f"batch_size={args.batch_size}"])
+        models[architecture] = lm.train(), make_optimizer(lm, dataclasses.replace(tp, precision="32"))  # fused AdamW
+    batches = [b for _, b in zip(range(args.steps + 5), dm.train_dataloader())]
 
     def step(variant: Tuple[str, bool, str], batch: Dict[str, torch.Tensor]) -> None:
         lm, optimizer = models[variant[0]]

@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -132,10 +132,10 @@ def plain_loop(lm: LM, dm: LMDataModule, tp: Any, device: torch.device, steps: i
     return clock.tokens_per_s(device.type == "cuda"), {k: v.detach().cpu() for k, v in lm.state_dict().items()}
 
 
-def bench_model(config: str, architecture: str) -> Tuple[LM, LMDataModule, Any]:
+def bench_model(config: str, architecture: str, overrides: Sequence[str] = ()) -> Tuple[LM, LMDataModule, Any]:
     """(a freshly initialised LM, its data module, its TrainParams) for a config's first run on one layer path,
-    seeded as run_training seeds it."""
-    run = load_runs(config, [f"layer_architecture={architecture!r}"])[0]
+    with `overrides` ("key=value", as --set), seeded as run_training seeds it."""
+    run = load_runs(config, [f"layer_architecture={architecture!r}", *overrides])[0]
     dp, mp, tp = run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"]
     dm = LMDataModule(dp, batch_size=tp.batch_size, seed=tp.seed)
     mp = dataclasses.replace(mp, max_seq_len=mp.max_seq_len or dp.max_seq_len)

@@ -61,12 +61,12 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@rank_zero_only
 def say(message: str) -> None:
     """Print, in the process of global rank 0 only: under DDP every rank tokenizes a cold cache (the first
     to finish stores it), and one report is enough. Lightning reads the rank from the launcher's
     environment (RANK, LOCAL_RANK, SLURM_PROCID) when it is imported, before any process group exists."""
-    if getattr(rank_zero_only, "rank", 0) == 0:
-        print(message, flush=True)
+    print(message, flush=True)
 
 
 def cached_tokenizer(train: Callable[[], Tokenizer], train_texts: Dict[str, Iterable[str]], settings: dict,
