@@ -12,129 +12,15 @@ checks, and training code is imported inside `run_all`. Exit status: 0 when ever
 """
 import argparse
 import copy
-import hashlib
 import os
-import re
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from config_parser import ConfigError, RunSpec, format_literal, format_params_list, load_runs
-
-MAIN_PROJ = "base"  # wandb projects are named f"{MAIN_PROJ}-{config}-{task}"
+from train.runs import MAIN_PROJ, Namer, save_root
 
 REPO = Path(__file__).resolve().parent
-# root of saved runs when --save-dir is not given: $LM_SAVE_DIR, else ../saved-models next to the repo
-DEFAULT_SAVE_DIR = Path(os.environ.get("LM_SAVE_DIR") or REPO.parent / "saved-models")
-
-
-class Namer:
-    """Names one run: its wandb project, its wandb run name and its save folder.
-
-    Holds the run's params, the command-line args, `config_name` (the run's config file without
-    .txt: with --config=test, "test-nlp" or "test-synth"), `timestamp` (its start, unique in the
-    process) and `varying` (the fields swept in this run's config, plus "ablation" with --ablate
-    -> their values here). Edit `run_name` to name runs your way.
-    """
-
-    _timestamps_taken: set = set()  # timestamps given out in this process, so each run gets its own
-
-    def __init__(self, data_params: Any, model_params: Any, train_params: Any, args: argparse.Namespace,
-                 varying: Optional[Dict[str, Any]] = None, config_name: Optional[str] = None):
-        self.data_params = data_params
-        self.model_params = model_params
-        self.train_params = train_params
-        self.args = args
-        self.varying: Dict[str, Any] = dict(varying or {})
-        self.config_name: str = config_name or Path(str(getattr(args, "config", None) or "no-config")).stem
-        self.timestamp: str = self._new_timestamp()
-        self._save_folder: Optional[str] = None
-        self._claimed = False  # claim_save_folder has created this run's {folder}.partial
-
-    def wandb_proj_name(self) -> str:
-        return (getattr(self.args, "wandb_proj_name", None)
-                or safe_name(f"{MAIN_PROJ}-{self.config_name}-{self.data_params.dataset_name}"))
-
-    def run_name(self) -> Optional[str]:
-        """The wandb run name and the run part of the save folder. None (nothing swept) lets wandb
-        pick a random name and saves under "default". To name runs your way, replace the return
-        line, e.g. with: return f"relu-{self.model_params.relu_after_first}"
-        """
-        return name_from_varying(self.varying)
-
-    def save_folder_name(self) -> str:
-        """`{save_dir}/{config}/{task}/{run name or "default"}/{timestamp}`. Decided on the first call.
-        Timestamps identify runs (model_explorer loads by timestamp), so if a run under the save dir
-        already has this one, it gets a -1, -2, ... suffix (self.timestamp changes with it). A run that
-        saves makes the name its own with claim_save_folder(), which may move to the next suffix."""
-        if self._save_folder is None:
-            save_dir = Path(getattr(self.args, "save_dir", None) or DEFAULT_SAVE_DIR)
-            if self._timestamp_on_disk(save_dir, self.timestamp):
-                self.timestamp = self._claim_timestamp(self.timestamp[:len("2024-04-22--16-17-00")], save_dir)
-            run_name = self.run_name()
-            run_folder = safe_name(run_name) if run_name else "default"
-            task = safe_name(self.data_params.dataset_name)
-            folder = save_dir / safe_name(self.config_name) / task / run_folder / self.timestamp
-            self._save_folder = str(folder)
-        return self._save_folder
-
-    def claim_save_folder(self) -> str:
-        """Claim the save folder when the run starts: create `{folder}.partial` exclusively (atomic), so
-        that of several runs started in the same second, even in different processes, each keeps its
-        own folder; while the name is taken, the next -1, -2, ... suffix. Returns the folder."""
-        from train.save_dir import claim  # light: os and pathlib only
-
-        if self._claimed:
-            return self.save_folder_name()
-        save_dir = Path(getattr(self.args, "save_dir", None) or DEFAULT_SAVE_DIR)
-        while not claim(self.save_folder_name()):
-            self._save_folder = None
-            self.timestamp = self._claim_timestamp(self.timestamp[:len("2024-04-22--16-17-00")], save_dir)
-        self._claimed = True
-        return self.save_folder_name()
-
-    @classmethod
-    def _new_timestamp(cls) -> str:
-        return cls._claim_timestamp(datetime.now().strftime("%Y-%m-%d--%H-%M-%S"))
-
-    @classmethod
-    def _claim_timestamp(cls, base: str, save_dir: Optional[Path] = None) -> str:
-        """`base`, or `base-1`, `base-2`, ... if this process gave it to another run or a saved run has it."""
-        stamp, n = base, 0
-        while stamp in cls._timestamps_taken or (save_dir and cls._timestamp_on_disk(save_dir, stamp)):
-            n += 1
-            stamp = f"{base}-{n}"
-        cls._timestamps_taken.add(stamp)
-        return stamp
-
-    @staticmethod
-    def _timestamp_on_disk(save_dir: Path, timestamp: str) -> bool:
-        return any(save_dir.glob(f"*/*/*/{timestamp}")) or any(save_dir.glob(f"*/*/*/{timestamp}.partial"))
-
-
-def name_from_varying(varying: Dict[str, Any]) -> Optional[str]:
-    """"n_layers=4,lr=0.0003" from the swept fields and their values; None when nothing is swept."""
-    if not varying:
-        return None
-    return safe_name(",".join(f"{key}={format_value(value)}" for key, value in varying.items()))
-
-
-def format_value(value: Any) -> str:
-    """Short text for a value in a run name: 3e-4 -> "0.0003", "custom-transformer" as is, [64, 32] -> "64-32"."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "-".join(format_value(v) for v in value)
-    return str(value)
-
-
-def safe_name(name: str, max_len: int = 120) -> str:
-    """Keep a run name usable as a folder name everywhere: no slashes, spaces or odd characters, not too long."""
-    name = re.sub(r"[^\w.=,+\-]", "_", name)
-    if len(name) > max_len:
-        name = name[:max_len - 9] + "-" + hashlib.md5(name.encode()).hexdigest()[:8]
-    return name
 
 
 # ---- ablations --------------------------------------------------------------------------------
@@ -336,7 +222,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="override a field, e.g. --set lr=3e-4 or --set ModelParams.max_seq_len=128 "
                              "(Section.key when several sections have the name); a list sweeps; repeatable")
     parser.add_argument("--save", action="store_true", help="save each trained model under --save-dir")
-    parser.add_argument("--save-dir", default=str(DEFAULT_SAVE_DIR),
+    parser.add_argument("--save-dir", default=str(save_root()),
                         help="root of saved runs: {save_dir}/{config}/{task}/{run name}/{timestamp} "
                              "(default: %(default)s)")
     parser.add_argument("--resume", metavar="PATH", help="continue training the run saved in this folder")
@@ -402,7 +288,7 @@ def export_run(run: str, out_folder: str, save_dir: Optional[str] = None) -> Non
         if Path(run).exists():
             folder = Path(run)
         else:
-            from model_explorer import find_run_folder
+            from train.runs import find_run_folder
             folder = find_run_folder(run, save_dir)
         out = export_hf(folder, out_folder)
     except (ValueError, FileNotFoundError) as error:

@@ -7,92 +7,34 @@
     fig = plot_metrics("2024-04-22--16-17-00", ["stat/train_loss", "stat/val_loss:main"], filename="run")
     out_embeds, attns = show_lm_attns(lm, "the company said", folder_name="run")
 
-Runs live under the save root (`--save-dir`, default main.DEFAULT_SAVE_DIR: $LM_SAVE_DIR or
-`../saved-models` next to the repo) as `{config}/{task}/{run name}/{timestamp}/`; the folder
+Runs live under the save root (`--save-dir`, else $LM_SAVE_DIR, else
+`../saved-models` next to the repo; train/runs.py) as `{config}/{task}/{run name}/{timestamp}/`; the folder
 format belongs to train/run_folder.py, which this module calls. Plots go to METRICS_DIR and
 ATTENTIONS_DIR (`../metrics` (or $LM_METRICS_DIR), `../attentions` next to the repo); reassign them to
 write elsewhere. compare_runs (a sweep's runs side by side) lives in run_comparison.py.
 """
-import difflib
-import os
-import sys
-from datetime import datetime
+import functools
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from data.dataloader import LMDataModule
-from main import DEFAULT_SAVE_DIR
 from model.eval_mode import evaluating
 from model.lm import LM
-from train.run_folder import FILES, file_sha256, load_run, read_final, read_train_stats, run_folder_problem
+from run_comparison import compare_records, record_of_folder, select_run_folders
+from train import figures
+from train.figures import ATTENTIONS_DIR, METRICS_DIR, finish_figure, pyplot
+from train.run_folder import file_sha256, load_run, read_final, run_folder_problem
+from train.runs import find_run_folder, run_folders, save_root  # noqa: F401 (find_run_folder: part of the API)
 from train.train_stats import TrainStats
 
-REPO = Path(__file__).resolve().parent
-METRICS_DIR = Path(os.environ.get("LM_METRICS_DIR") or REPO.parent / "metrics")
-ATTENTIONS_DIR = REPO.parent / "attentions"
-TIMESTAMP_FORMAT = "%Y-%m-%d--%H-%M-%S"  # main.Namer's; a "-1", "-2" suffix may follow
-TIMESTAMP_LEN = len("2024-04-22--16-17-00")
 
 PathLike = Union[str, Path]
 Loaded = Tuple[LM, LMDataModule, TrainStats, Dict[str, Any]]
 
 
 # ---- finding and loading runs ------------------------------------------------------------------
-def save_root(save_dir: Optional[PathLike] = None) -> Path:
-    """save_dir, else $LM_SAVE_DIR (read now, so a notebook may set it after the import), else main's default."""
-    return Path(save_dir or os.environ.get("LM_SAVE_DIR") or DEFAULT_SAVE_DIR).expanduser()
-
-
-def run_folders(save_dir: Optional[PathLike] = None, complete: bool = True) -> List[Path]:
-    """Every run folder under the save root (folders still being written, `.partial`, are skipped);
-    with complete=False also those that lack some of their files (damaged)."""
-    root = save_root(save_dir)
-    if not root.is_dir():
-        return []
-    found = {p.parent for name in ("final.json", "params.json") for p in root.rglob(name)}
-    return sorted(f for f in found
-                  if not f.name.endswith(".partial") and (not complete or all((f / name).is_file() for name in FILES)))
-
-
-def find_run_folder(timestamp: str, save_dir: Optional[PathLike] = None) -> Path:
-    """The one run folder named `timestamp` under the save root, whatever config/task/run name it is under."""
-    root = save_root(save_dir)
-    folders = run_folders(root)
-    matches = [f for f in folders if f.name == timestamp]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        listed = "\n  ".join(str(m) for m in matches)
-        raise ValueError(f"timestamp {timestamp!r} is ambiguous: {len(matches)} runs under {root} have it:\n  "
-                         f"{listed}\nLoad one with get_model_by_path(folder).")
-    if not folders:
-        raise FileNotFoundError(f"no saved run with timestamp {timestamp!r}: there are no saved runs under {root} "
-                                f"(train with --save, or pass save_dir= the --save-dir you trained with)")
-    by_name = {f.name: f for f in folders}
-    nearest = "\n  ".join(f"{stamp}  ({by_name[stamp].relative_to(root).parent})"
-                          for stamp in nearest_timestamps(timestamp, list(by_name)))
-    raise FileNotFoundError(f"no saved run with timestamp {timestamp!r} under {root} ({len(folders)} runs there). "
-                            f"Nearest:\n  {nearest}\nlist_runs() shows them all.")
-
-
-def nearest_timestamps(timestamp: str, stamps: Sequence[str], n: int = 5) -> List[str]:
-    """The `n` stamps closest in time to `timestamp` (closest in spelling when it is not a timestamp)."""
-    target = _parse_timestamp(timestamp)
-    if target is None:
-        return difflib.get_close_matches(timestamp, stamps, n=n, cutoff=0.0)
-    dated = [(abs((t - target).total_seconds()), s) for s in stamps if (t := _parse_timestamp(s)) is not None]
-    return [s for _, s in sorted(dated)[:n]]
-
-
-def _parse_timestamp(stamp: str) -> Optional[datetime]:
-    try:
-        return datetime.strptime(stamp[:TIMESTAMP_LEN], TIMESTAMP_FORMAT)
-    except ValueError:
-        return None
-
-
 def get_model_by_path(folder: PathLike, device: str = "cpu", data_path: Optional[PathLike] = None) -> Loaded:
     """Load a run folder -> (lm in eval mode, dataset, train_stats, params).
 
@@ -221,90 +163,10 @@ def _check(condition: bool, message: str) -> None:
 
 
 # ---- metric plots --------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    """matplotlib.pyplot, on the Agg backend when Linux has no display (plots are then only saved)."""
-    import matplotlib
-    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if headless and "MPLBACKEND" not in os.environ:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _finish(plt: Any, fig: Any, path: Optional[Path], show: bool) -> None:
-    """Save `fig` to `path` (folders created), then show it: in Jupyter, displayed at once, in order
-    with the cell's printed output; with a desktop window backend, left open for plt.show(). Otherwise
-    (headless, or show=False) closed, so figures never pile up and nothing warns about plt.show()."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    if show and in_jupyter():
-        from IPython.display import display
-        display(fig)
-        plt.close(fig)
-    elif not show or plt.get_backend().lower() == "agg":
-        plt.close(fig)
-
-
-def in_jupyter() -> bool:
-    """True inside a Jupyter kernel (ipykernel), where figures are displayed inline."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return shell is not None and hasattr(shell, "kernel")
-
-
-X_AXES = {"n": (1, "samples trained"), "s": (0, "optimizer steps"), "c": (2, "values recorded (counter)")}
-
-
-def plot_metrics(timestamp_or_train_stats: Union[str, TrainStats, Sequence[Union[str, TrainStats]]],
-                 metric: Union[str, Sequence[str]] = "stat/val_loss:main", x: str = "n",
-                 filename: Optional[str] = None, save_dir: Optional[PathLike] = None,
-                 labels: Optional[Sequence[str]] = None, logy: bool = False, title: Optional[str] = None,
-                 show: bool = True) -> Any:
-    """Plot metric(s) of one or several runs over samples trained (x="n") or optimizer steps (x="s").
-
-    timestamp_or_train_stats: a timestamp, a run folder, a train_stats dict, or a list of them
-    (several runs on one figure, labelled by timestamp or by `labels`). metric: a name such as
-    "stat/val_loss:main" (the "stat/" may be left out) or a list of names. With `filename`, the figure
-    is saved to METRICS_DIR/{filename}.png (../metrics next to the repo). Returns the figure."""
-    if x not in X_AXES:
-        raise ValueError(f"x must be one of {', '.join(X_AXES)} (n = samples, s = steps, c = counter), not {x!r}")
-    single = isinstance(timestamp_or_train_stats, (str, Path, dict))
-    runs = [timestamp_or_train_stats] if single else list(timestamp_or_train_stats)
-    metrics = [metric] if isinstance(metric, str) else list(metric)
-    if not runs or not metrics:
-        raise ValueError("plot_metrics needs at least one run and one metric")
-    if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"got {len(labels)} labels for {len(runs)} runs")
-    column, xlabel = X_AXES[x]
-    series = []  # (label, xs, ys), gathered first so that a missing metric raises before any figure exists
-    for i, run in enumerate(runs):
-        stats, run_label = _train_stats_of(run, save_dir, default_label=f"run {i}")
-        run_label = labels[i] if labels is not None else run_label
-        for name in metrics:
-            entries = stats.get(name) or stats.get(f"stat/{name}")
-            if not entries:
-                close = difflib.get_close_matches(name, list(stats), n=3, cutoff=0.3)
-                raise ValueError(f"metric {name!r} is not recorded in {run_label}; closest: {close}; "
-                                 f"recorded: {sorted(stats)}")
-            label = name if len(runs) == 1 else (run_label if len(metrics) == 1 else f"{run_label} {name}")
-            series.append((label, [e[column] for e in entries], [e[3] for e in entries]))
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, xs, ys in series:
-        ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metrics[0] if len(metrics) == 1 else "value")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_title(title or ", ".join(metrics))
-    ax.legend()
-    fig.tight_layout()
-    _finish(plt, fig, METRICS_DIR / f"{filename}.png" if filename else None, show)
-    return fig
-
-
-plot_metric = plot_metrics
+@functools.wraps(figures.plot_metrics)
+def plot_metrics(*args: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("metrics_dir", METRICS_DIR)  # this module's, so that reassigning it takes effect
+    return figures.plot_metrics(*args, **kwargs)
 
 
 def compare_runs(selector: Any, metrics: Union[str, Sequence[str]] = ("stat/val_loss:main",),
@@ -321,17 +183,9 @@ def compare_runs(selector: Any, metrics: Union[str, Sequence[str]] = ("stat/val_
     list_runs() returns. aggregate_seeds: one row (and one line, in a band of ± one std) per setting of
     the other parameters, with each metric's mean and its std over the seeds (columns metric_std).
     See run_comparison.py."""
-    from run_comparison import compare_records, record_of_folder, select_run_folders
     records = [record_of_folder(folder) for folder in select_run_folders(selector, save_dir)]
-    return compare_records(records, metrics, aggregate_seeds=aggregate_seeds, x=x, filename=filename, show=show)
-
-
-def _train_stats_of(run: Union[str, Path, TrainStats], save_dir: Optional[PathLike],
-                    default_label: str) -> Tuple[TrainStats, str]:
-    if isinstance(run, dict):
-        return run, default_label
-    folder = Path(run) if Path(run).is_dir() else find_run_folder(str(run), save_dir)
-    return read_train_stats(folder), folder.name
+    return compare_records(records, metrics, aggregate_seeds=aggregate_seeds, x=x, filename=filename, show=show,
+                           metrics_dir=METRICS_DIR)
 
 
 # ---- attention plots -----------------------------------------------------------------------------
@@ -356,15 +210,15 @@ def show_lm_attns(lm: LM, seq: Union[str, Sequence[int], torch.Tensor], layers: 
     labels = token_labels(lm, x[0].tolist())
     name = model_name or model_label(lm)
 
-    plt = _pyplot()
+    plt = pyplot()
     folder = ATTENTIONS_DIR / folder_name if folder_name else None
     fig = attention_figure(attns[0], labels, layers, heads, name)
-    _finish(plt, fig, folder / "grid.png" if folder else None, show)
+    finish_figure(plt, fig, folder / "grid.png" if folder else None, show)
     if folder:
         for layer in layers:
             for head in heads:
                 one = attention_figure(attns[0], labels, [layer], [head], name)
-                _finish(plt, one, folder / f"layer{layer}-head{head}.png", show=False)
+                finish_figure(plt, one, folder / f"layer{layer}-head{head}.png", show=False)
     return out_embeds, out["attns"]
 
 
@@ -372,7 +226,7 @@ def attention_figure(attns: torch.Tensor, labels: List[str], layers: Sequence[in
                      model_name: str) -> Any:
     """A figure of heatmaps, one per (layer, head) of attns [n_layers, n_heads, seq, seq], one colour bar
     (attention weight, 0 to 1) and titles naming the model, layer and head."""
-    plt = _pyplot()
+    plt = pyplot()
     cell = min(8.0, max(2.5, 0.22 * len(labels)))
     fig, axes = plt.subplots(len(layers), len(heads), figsize=(cell * len(heads) + 1.2, cell * len(layers) + 0.4),
                              squeeze=False, layout="constrained")

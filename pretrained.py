@@ -215,7 +215,7 @@ def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike) -> Pa
 
 def load_run_lm(run_folder_or_timestamp: PathLike) -> LM:
     """The LM of a saved run: a run folder, or a timestamp looked up under the save root."""
-    from model_explorer import find_run_folder
+    from train.runs import find_run_folder
     from train.run_folder import load_run
     folder = Path(run_folder_or_timestamp).expanduser()
     if not folder.exists():

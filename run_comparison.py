@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from config_parser import SECTIONS
-from main import format_value, safe_name
+from train import figures
 from train.run_folder import read_final, read_params, read_train_stats, run_folder_problem
+from train.runs import find_run_folder, format_value, parse_timestamp, run_folders, safe_name, save_root
 from train.train_stats import TrainStats
 
 PathLike = Union[str, Path]
@@ -64,9 +65,8 @@ def select_run_folders(selector: Selector, save_dir: Optional[PathLike] = None) 
     """The run folders a selector names: a config name (all its tasks; "test" also takes test-* as
     --config does) or a (config, task) pair or "config/task", oldest first; or a list of timestamps,
     run folders or list_runs() rows, in the order given."""
-    import model_explorer
-    root = model_explorer.save_root(save_dir)
-    is_stamp = model_explorer._parse_timestamp
+    root = save_root(save_dir)
+    is_stamp = parse_timestamp
     if isinstance(selector, tuple) and len(selector) == 2 and all(isinstance(s, str) for s in selector) \
             and is_stamp(selector[0]) is None:
         return _config_folders(selector[0], selector[1], root)
@@ -74,7 +74,7 @@ def select_run_folders(selector: Selector, save_dir: Optional[PathLike] = None) 
         if (Path(selector) / "final.json").is_file():  # one run folder
             return [Path(selector)]
         if is_stamp(str(selector)) is not None:
-            return [model_explorer.find_run_folder(str(selector), root)]
+            return [find_run_folder(str(selector), root)]
         config, _, task = str(selector).partition("/")
         return _config_folders(config, task or None, root)
     folders = []
@@ -86,7 +86,7 @@ def select_run_folders(selector: Selector, save_dir: Optional[PathLike] = None) 
         elif isinstance(item, (str, Path)) and Path(item).is_dir():
             folders.append(Path(item))
         elif isinstance(item, str):
-            folders.append(model_explorer.find_run_folder(item, root))
+            folders.append(find_run_folder(item, root))
         else:
             raise TypeError(f"compare_runs takes timestamps, run folders or list_runs() rows, got {item!r}")
     if not folders:
@@ -95,8 +95,7 @@ def select_run_folders(selector: Selector, save_dir: Optional[PathLike] = None) 
 
 
 def _config_folders(config: str, task: Optional[str], root: Path) -> List[Path]:
-    import model_explorer
-    folders = model_explorer.run_folders(root)
+    folders = run_folders(root)
     configs = sorted({f.relative_to(root).parts[0] for f in folders if len(f.relative_to(root).parts) == 4})
     chosen = [c for c in configs if c == config or c.startswith(f"{config}-")]
     if not chosen:
@@ -282,21 +281,20 @@ def table_text(records: Sequence[RunRecord], aggregate_seeds: bool = False) -> s
 # ---- the plot --------------------------------------------------------------------------------------
 def plot_comparison(records: Sequence[RunRecord], metrics: Sequence[str] = ("stat/val_loss:main",),
                     x: str = "n", filename: Optional[str] = None, aggregate_seeds: bool = False,
-                    title: Optional[str] = None, show: bool = True) -> Any:
-    """model_explorer.plot_metrics of the runs, one line per run labelled by its differing params;
+                    title: Optional[str] = None, show: bool = True, metrics_dir: Optional[PathLike] = None) -> Any:
+    """figures.plot_metrics of the runs, one line per run labelled by its differing params;
     with aggregate_seeds, one line per setting (the mean over seeds) in a band of ± one std."""
-    import model_explorer
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     columns = differing_params(records, exclude=[SEED] if aggregate_seeds else [])
     labels = [run_label(r.params, columns, r.name) for r in records]
     if not aggregate_seeds:
-        return model_explorer.plot_metrics([r.train_stats for r in records], metrics, x=x, filename=filename,
-                                           labels=labels, title=title, show=show)
+        return figures.plot_metrics([r.train_stats for r in records], metrics, x=x, filename=filename,
+                                           labels=labels, title=title, show=show, metrics_dir=metrics_dir)
     groups: Dict[str, List[RunRecord]] = {}
     for label, r in zip(labels, records):
         groups.setdefault(label, []).append(r)
-    column, xlabel = model_explorer.X_AXES[x]
-    plt = model_explorer._pyplot()
+    column, xlabel = figures.X_AXES[x]
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, members in groups.items():
         for name in metrics:
@@ -310,7 +308,7 @@ def plot_comparison(records: Sequence[RunRecord], metrics: Sequence[str] = ("sta
     ax.set_title(title or f"{', '.join(metrics)}: mean ± std over seeds")
     ax.legend()
     fig.tight_layout()
-    model_explorer._finish(plt, fig, model_explorer.METRICS_DIR / f"{filename}.png" if filename else None, show)
+    figures.finish_figure(plt, fig, Path(metrics_dir or figures.METRICS_DIR) / f"{filename}.png" if filename else None, show)
     return fig
 
 
@@ -336,11 +334,12 @@ def seed_band(runs: Sequence[Sequence[Tuple[int, int, int, float]]], column: int
 
 def compare_records(records: Sequence[RunRecord], metrics: Sequence[str] = ("stat/val_loss:main",),
                     aggregate_seeds: bool = False, x: str = "n", filename: Optional[str] = None,
-                    show: bool = True, plot: bool = True) -> Any:
+                    show: bool = True, plot: bool = True, metrics_dir: Optional[PathLike] = None) -> Any:
     """The table of `records` (see comparison_rows), after drawing (and with filename saving) their plot."""
     table = as_table(comparison_rows(records, aggregate_seeds))
     if plot:
-        plot_comparison(records, metrics, x=x, filename=filename, aggregate_seeds=aggregate_seeds, show=show)
+        plot_comparison(records, metrics, x=x, filename=filename, aggregate_seeds=aggregate_seeds, show=show,
+                        metrics_dir=metrics_dir)
     return table
 
 
@@ -349,13 +348,12 @@ def compare_command(config: str, task: Optional[str] = None, save_dir: Optional[
                     aggregate_seeds: bool = False) -> List[Dict[str, Any]]:
     """`main.py --compare CONFIG [--task TASK]`: print the table of the saved runs and the best one,
     and save the val-loss plot to METRICS_DIR/compare-{config}[-{task}].png. Returns the rows."""
-    import model_explorer
     folders = select_run_folders((config, task) if task else config, save_dir)
     records = [record_of_folder(folder) for folder in folders]
     print(f"{len(records)} saved run(s) of {config}{f' on {task}' if task else ''} under "
-          f"{model_explorer.save_root(save_dir)}:")
+          f"{save_root(save_dir)}:")
     print(table_text(records, aggregate_seeds))
     filename = safe_name(f"compare-{config}" + (f"-{task}" if task else ""))
     plot_comparison(records, filename=filename, aggregate_seeds=aggregate_seeds, show=False)
-    print(f"plot: {model_explorer.METRICS_DIR / filename}.png")
+    print(f"plot: {figures.METRICS_DIR / filename}.png")
     return comparison_rows(records, aggregate_seeds)

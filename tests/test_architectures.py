@@ -392,7 +392,8 @@ def test_runs_saved_before_these_fields_load_as_before(tok, tmp_path):
 def test_a_llama_style_run_trains_resumes_and_verifies(tmp_path, monkeypatch):
     import model_explorer
     from data.data_params import DataParams
-    from main import Namer, build_arg_parser
+    from main import build_arg_parser
+    from train.runs import Namer
     from train.run import run_training
     from train.run_folder import load_run
     from train.train_params import TrainParams

@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 import pytest
 
 import model_explorer
+from train import figures
 import run_comparison
 from main import main as main_cli
 from model_explorer import compare_runs, list_runs
@@ -42,7 +43,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
 
 @pytest.fixture
 def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(model_explorer, "METRICS_DIR", tmp_path / "metrics")
+    monkeypatch.setattr(model_explorer, "METRICS_DIR", tmp_path / "metrics")  # compare_runs in Jupyter
+    monkeypatch.setattr(figures, "METRICS_DIR", tmp_path / "metrics")  # main.py --compare
     return tmp_path / "metrics"
 
 
@@ -148,7 +150,8 @@ def test_compare_command(sweep, metrics_dir, capsys):
 
 def test_wandb_group_and_tags_of_a_sweep(monkeypatch, tmp_path):
     import lightning.pytorch.loggers as loggers
-    from main import Namer, build_arg_parser
+    from main import build_arg_parser
+    from train.runs import Namer
     from data.data_params import DataParams
     from model.model_params import ModelParams
     from train.run import sweep_group_and_tags

@@ -7,6 +7,7 @@ import matplotlib
 import pytest
 
 import model_explorer
+from train import figures
 from model_explorer import attention_figure, model_label, plot_metrics, show_lm_attns
 from model_helpers import char_tokenizer, make_lm
 
@@ -49,7 +50,7 @@ def test_in_jupyter_figures_are_displayed_at_once_and_still_saved(tmp_path, monk
     import IPython.display
     shown = []
     monkeypatch.setattr(model_explorer, "METRICS_DIR", tmp_path)
-    monkeypatch.setattr(model_explorer, "in_jupyter", lambda: True)
+    monkeypatch.setattr(figures, "in_jupyter", lambda: True)
     monkeypatch.setattr(IPython.display, "display", lambda fig: shown.append(fig))
     fig = plot_metrics(STATS, "val_loss:main", filename="inline")
     assert shown == [fig] and (tmp_path / "inline.png").is_file()
@@ -58,4 +59,4 @@ def test_in_jupyter_figures_are_displayed_at_once_and_still_saved(tmp_path, monk
 
 
 def test_in_jupyter_is_false_outside_a_kernel():
-    assert model_explorer.in_jupyter() is False
+    assert figures.in_jupyter() is False

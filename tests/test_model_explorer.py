@@ -13,14 +13,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import model_explorer
+import train.runs
 from data.data_params import DataParams
 from data.dataloader import LMDataModule
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from main import main as main_cli
 from model.lm import LM
 from model.model_params import ModelParams
 from model_explorer import (VerificationError, find_run_folder, get_model_by_path, get_model_by_timestamp, list_runs,
-                            plot_metric, plot_metrics, show_lm_attns, verify_stable_load)
+                            plot_metrics, show_lm_attns, verify_stable_load)
 from train.run import run_training
 from train.train_params import TrainParams
 
@@ -102,7 +104,7 @@ def test_get_model_by_path_and_the_default_save_root(runs: Dict[str, Any], monke
     monkeypatch.setenv("LM_SAVE_DIR", str(runs["save_dir"]))  # read at call time, not only at import
     assert find_run_folder(runs["ptb_ts"]) == Path(runs["ptb"]["save_folder"])
     monkeypatch.delenv("LM_SAVE_DIR")
-    monkeypatch.setattr(model_explorer, "DEFAULT_SAVE_DIR", runs["save_dir"])
+    monkeypatch.setattr(train.runs, "DEFAULT_SAVE_DIR", runs["save_dir"])
     assert find_run_folder(runs["sort_ts"]) == Path(runs["sort"]["save_folder"])
 
 
@@ -198,7 +200,7 @@ def test_verify_stable_load_catches_a_changed_val_loss(runs: Dict[str, Any], tmp
 def test_plot_metrics_writes_pngs(runs: Dict[str, Any], plot_dirs: Path) -> None:
     save_dir, sort_ts = runs["save_dir"], runs["sort_ts"]
     plot_metrics(sort_ts, "stat/train_loss", save_dir=save_dir, filename="one")
-    fig = plot_metric(sort_ts, ["stat/train_loss", "val_loss:main", "val_loss:long"], x="s", save_dir=save_dir,
+    fig = plot_metrics(sort_ts, ["stat/train_loss", "val_loss:main", "val_loss:long"], x="s", save_dir=save_dir,
                       filename="several-metrics")
     assert [line.get_label() for line in fig.axes[0].lines] == ["stat/train_loss", "val_loss:main", "val_loss:long"]
     assert fig.axes[0].get_xlabel() == "optimizer steps"

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from data.dataloader import LMDataModule
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from model_explorer import verify_stable_load
 from train.run import run_training
 from train.run_folder import load_run
@@ -106,7 +107,8 @@ def test_ddp_gives_the_loss_curve_of_one_process_with_twice_the_batch(ddp_run, t
 RANK_REPORT = '''
 import json, os, signal, sys, torch
 from lightning.pytorch.callbacks import Callback
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from data.data_params import DataParams
 from model.model_params import ModelParams
 from train.train_params import TrainParams

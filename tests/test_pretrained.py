@@ -13,7 +13,8 @@ from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
 
 from data.data_params import DataParams
 from data.tokenizer import Tokenizer
-from main import Namer, build_arg_parser, main
+from main import build_arg_parser, main
+from train.runs import Namer
 from model.lm import LM
 from model.model_params import ModelParams
 from pretrained import export_hf, get_pretrained

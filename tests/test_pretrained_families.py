@@ -10,7 +10,8 @@ import torch
 
 from data.data_params import DataParams
 from data.tokenizer import Tokenizer
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from model.lm import LM
 from model.model_params import ModelParams
 from pretrained import export_hf, get_pretrained

@@ -98,7 +98,8 @@ TRAINING_PRELUDE = '''
 from lightning.pytorch.callbacks import Callback
 
 from data.data_params import DataParams
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from train.run import run_training
 from train.train_params import TrainParams
 
@@ -406,7 +407,8 @@ import main
 assert Path(main.__file__).resolve().parent == HERE, f"imported {main.__file__}, not the edited copy"
 from config_parser import load_runs
 from data.data_params import DataParams
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from model.model_params import ModelParams
 from train.train_params import TrainParams
 

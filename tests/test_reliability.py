@@ -20,7 +20,8 @@ import main
 from config_parser import parse_config_file
 from data.data_params import DataParams
 from data.dataloader import LMDataModule
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from model.model_params import ModelParams
 from model_explorer import VerificationError, list_runs, verify_stable_load
 from tests.model_helpers import char_tokenizer, make_lm

@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from data.data_params import DataParams
-from main import Namer, build_arg_parser
+from main import build_arg_parser
+from train.runs import Namer
 from model.model_params import ModelParams
 from train.precision import resolve_precision
 from train.run import run_training

@@ -24,6 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from train.runs import Namer
+
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.2  # how often the launcher looks at its running processes
 
@@ -37,31 +39,21 @@ def launched_rank() -> int:
     return 0
 
 
-def namer_spec(namer: Any) -> Dict[str, Any]:
-    """What another process needs to rebuild the run's `main.Namer` (plain data: main.py may be __main__
-    here, so the class itself is not pickled), with the timestamp and save folder decided here."""
-    return {"data_params": namer.data_params, "model_params": namer.model_params, "train_params": namer.train_params,
-            "args": namer.args, "varying": namer.varying, "config_name": namer.config_name,
-            "timestamp": namer.timestamp, "save_folder": namer.save_folder_name()}
-
-
-def namer_from_spec(spec: Dict[str, Any]) -> Any:
-    from main import Namer
-    namer = Namer(spec["data_params"], spec["model_params"], spec["train_params"], spec["args"],
-                  varying=spec["varying"], config_name=spec["config_name"])
-    namer.timestamp, namer._save_folder = spec["timestamp"], spec["save_folder"]
+def fixed_namer(namer: Namer) -> Namer:
+    """namer with its timestamp and save folder decided here, in the launcher (the worker saves exactly
+    there, and its log file sits beside it); a Namer pickles as it is."""
+    namer.save_folder_name()
     return namer
 
 
-def run_one(spec: Dict[str, Any], threads: Optional[int] = None, gpu: Optional[int] = None) -> Dict[str, Any]:
-    """Train one run (given by `namer_spec`) in this process: the body of a parallel worker and of a
+def run_one(namer: Namer, threads: Optional[int] = None, gpu: Optional[int] = None) -> Dict[str, Any]:
+    """Train one run (its `fixed_namer`) in this process: the body of a parallel worker and of a
     SLURM job. Returns the losses and where it was saved, as plain numbers and strings."""
     import torch
 
     from train.run import run_training
     if threads:
         torch.set_num_threads(threads)
-    namer = namer_from_spec(spec)
     if gpu is not None:
         namer.args.gpu_id = [gpu]
     result = run_training(namer)
@@ -140,7 +132,7 @@ def start_worker(namer: Any, stem: Path, threads: Optional[int], gpu: Optional[i
     """A `python -m train.launch SPEC` process for one run, its output going to the run's log file."""
     spec = stem.with_suffix(".pkl")
     with open(spec, "wb") as f:
-        pickle.dump({"namer": namer_spec(namer), "threads": threads, "gpu": gpu, "result": str(stem.with_suffix(".json"))}, f)
+        pickle.dump({"namer": fixed_namer(namer), "threads": threads, "gpu": gpu, "result": str(stem.with_suffix(".json"))}, f)
     log = log_path(namer)
     log.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log, "w")
@@ -216,7 +208,7 @@ def submit_jobs(namers: Sequence[Any], labels: Sequence[str], args: Any) -> List
     threads = max(1, cpu_count() // len(namers)) if local and not args.slurm_gpus_per_run else None
     if local:
         print("no SLURM here (no sbatch): submitit runs the jobs on this machine with its local executor", flush=True)
-    jobs = [executor.submit(run_one, namer_spec(namer), threads) for namer in namers]
+    jobs = [executor.submit(run_one, fixed_namer(namer), threads) for namer in namers]
     for i, job in enumerate(jobs):
         print(f"[{i + 1}/{len(jobs)}] submitted job {job.job_id}: {labels[i]} (log: {job.paths.stdout})", flush=True)
     results: List[Optional[Dict[str, Any]]] = [None] * len(jobs)

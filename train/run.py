@@ -32,6 +32,7 @@ from train.precision import describe_precision, precision_plugin, resolve_precis
 from train.resumable_loader import ResumableTrainLoader
 from train.resume import checked_checkpoint, run_identity
 from train.run_folder import save_run
+from train.runs import format_value
 from train.save_dir import check_save_dir, partial_folder, release
 from train.train_params import TrainParams
 from train.trainer import LMTrainer, check_train_params, corpus_loss, perplexity
@@ -320,7 +321,6 @@ def params_config(dp: Any, mp: Any, tp: Any, namer: Any) -> Dict[str, Any]:
 def sweep_group_and_tags(namer: Any) -> Dict[str, Any]:
     """The runs of one config share a wandb group (the config name) and carry their swept values as
     tags ("n_layers=2", "lr=0.003"), so the wandb UI groups and filters a sweep without setup."""
-    from main import format_value
     tags = [f"{key}={format_value(value)}"[:64] for key, value in (getattr(namer, "varying", None) or {}).items()]
     return {"group": getattr(namer, "config_name", None), "tags": tags}
 

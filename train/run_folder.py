@@ -37,12 +37,12 @@ from safetensors.torch import load_model, save_model
 from data.data_params import DataParams
 from data.tokenizer import Tokenizer
 from model.model_params import ModelParams
+from train.runs import FILES
 from train.save_dir import partial_folder
 from train.train_params import TrainParams
 from train.train_stats import TrainStats
 
 PathLike = Union[str, Path]
-FILES = ("model.safetensors", "params.json", "tokenizer.json", "train_stats.json", "final.json")
 PARAM_CLASSES = {"data_params": DataParams, "model_params": ModelParams, "train_params": TrainParams}
 PACKAGES = ("torch", "lightning", "wandb", "transformers", "tokenizers", "datasets", "safetensors", "numpy")
 REPO = Path(__file__).resolve().parents[1]

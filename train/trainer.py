@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.eval_mode import evaluating
-from train.train_params import LR_SCHEDULES, PRECISIONS, TrainParams, check_train_params  # noqa: F401 (re-exported)
+from train.train_params import TrainParams, check_train_params
 from train.train_stats import StatsRecorder, Throughput, TrainStats
 
 
