@@ -238,7 +238,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              "present; without CUDA the run says so and uses the CPU")
     parser.add_argument("--parallel", type=positive_int, default=None, metavar="N",
                         help="run the runs N at a time, each in its own process (output in {save folder}.log); "
-                             "exit code = number of failed runs")
+                             "exit code = number of runs that failed or diverged")
     parser.add_argument("--slurm", action="store_true",
                         help="submit each run as a SLURM job through submitit (without SLURM: run them here)")
     parser.add_argument("--slurm-partition", help="SLURM partition of the jobs (default: the cluster's)")
@@ -355,8 +355,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     results = run_all(runs, args)
-    failed = sum(isinstance(r, dict) and r.get("status") == "failed" for r in results)
-    if failed:  # --parallel / --slurm: the exit code is the number of failed runs
+    from train.launch import count_bad
+    failed = count_bad(results)
+    if failed:  # --parallel / --slurm: the exit code is the number of failed, diverged or unsaved runs
         sys.exit(min(failed, 125))
     return results
 

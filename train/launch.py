@@ -5,7 +5,8 @@ each process gets its own GPU, round robin over `--gpu-id` (or every visible GPU
 an equal share of the cores (its torch threads). A run's output goes to `{save folder}.log` (next to
 where the run is saved, under the save dir); the terminal shows one line per run as it starts and
 ends, then a summary of every run with its final losses and save folder. A failing run does not stop
-the others; `main.py` exits with the number of failed runs.
+the others; `main.py` exits with the number of runs that failed, diverged or could not
+save where asked (the serial path exits 1 for any of them).
 
 --slurm: each run is a job submitted through `submitit` (partition, time limit, GPUs per run from the
 flags); without SLURM on the machine, submitit's local executor runs the jobs here.
@@ -57,7 +58,26 @@ def run_one(namer: Namer, threads: Optional[int] = None, gpu: Optional[int] = No
     if gpu is not None:
         namer.args.gpu_id = [gpu]
     result = run_training(namer)
-    return {key: result.get(key) for key in ("val_loss", "val_losses", "test_loss", "interrupted", "save_folder")}
+    return {key: result.get(key) for key in ("val_loss", "val_losses", "test_loss", "interrupted", "signal",
+                                             "diverged", "save_error", "save_folder")}
+
+
+BAD_STATUSES = ("failed", "diverged", "save failed")  # counted in main.py's exit status, as the serial path does
+
+
+def finished_status(result: Dict[str, Any]) -> str:
+    """The status of a run that returned (run_one's result): "diverged" (loss not finite), "save failed"
+    (saved elsewhere: its save_error says where), "interrupted" or "done"."""
+    if result.get("diverged"):
+        return "diverged"
+    if result.get("save_error"):
+        return "save failed"
+    return "interrupted" if result.get("interrupted") else "done"
+
+
+def count_bad(results: Sequence[Any]) -> int:
+    """How many runs of a --parallel / --slurm sweep failed, diverged or could not save where asked."""
+    return sum(isinstance(r, dict) and r.get("status") in BAD_STATUSES for r in results)
 
 
 def cpu_count() -> int:
@@ -148,8 +168,7 @@ def worker_result(returncode: int, stem: Path, log: Path, elapsed_s: float) -> D
     result_file = stem.with_suffix(".json")
     if returncode == 0 and result_file.is_file():
         result = json.loads(result_file.read_text())
-        status = "interrupted" if result.get("interrupted") else "done"
-        return {**result, "status": status, "log": str(log), "elapsed_s": elapsed_s}
+        return {**result, "status": finished_status(result), "log": str(log), "elapsed_s": elapsed_s}
     return {"status": "failed", "error": f"exit code {returncode}: {last_line(log)}", "log": str(log),
             "elapsed_s": elapsed_s}
 
@@ -159,7 +178,8 @@ def status_line(result: Dict[str, Any]) -> str:
         return f"FAILED after {result['elapsed_s']:.0f} s ({result['error']}; see {result['log']})"
     losses = "  ".join(f"{key[:-5]} {result[key]:.4f}" for key in ("val_loss", "test_loss")
                        if isinstance(result.get(key), (int, float)))
-    return f"{result['status']} in {result['elapsed_s']:.0f} s  {losses}"
+    why = {"diverged": " (DIVERGED: loss not finite)", "save failed": f" ({result.get('save_error')})"}
+    return f"{result['status']} in {result['elapsed_s']:.0f} s  {losses}{why.get(result['status'], '')}"
 
 
 def print_launch_summary(labels: Sequence[str], results: Sequence[Dict[str, Any]]) -> None:
@@ -173,9 +193,10 @@ def print_launch_summary(labels: Sequence[str], results: Sequence[Dict[str, Any]
     print("\n=== summary")
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    failed = sum(r["status"] == "failed" for r in results)
-    if failed:
-        print(f"{failed} of {len(results)} run(s) failed: their logs say why")
+    bad = [str(i) for i, r in enumerate(results, start=1) if r["status"] in BAD_STATUSES]
+    if bad:
+        print(f"{len(bad)} of {len(results)} run(s) failed, diverged or were not saved where asked: run(s) "
+              f"{', '.join(bad)} (their logs say why)")
 
 
 def slurm_minutes(text: str) -> int:
@@ -230,13 +251,12 @@ def job_result(job: Any, elapsed_s: float) -> Dict[str, Any]:
         lines = [line for line in str(error).splitlines() if line.strip()]
         return {"status": "failed", "error": lines[-1][:200] if lines else type(error).__name__, "log": log,
                 "elapsed_s": elapsed_s}
-    return {**result, "status": "interrupted" if result.get("interrupted") else "done", "log": log,
-            "elapsed_s": elapsed_s}
+    return {**result, "status": finished_status(result), "log": log, "elapsed_s": elapsed_s}
 
 
 def launch_runs(namers: Sequence[Any], labels: Sequence[str], args: Any) -> List[Dict[str, Any]]:
     """--parallel N or --slurm: train every run, print the summary, return one result per run
-    ({"status": done | interrupted | failed | not started, "val_loss", "test_loss", "save_folder", "log", ...})."""
+    ({"status": done | interrupted | diverged | save failed | failed | not started, "val_loss", "test_loss", "save_folder", "log", ...})."""
     if args.slurm:
         results = submit_jobs(namers, labels, args)
     else:

@@ -1,0 +1,82 @@
+"""Reliability round three (issue 26): diverged runs under --parallel / --slurm, export verification and
+its output folder, damaged runs in list_runs, checks of the whole sweep before compute, remote code in
+pretrained folders, and the smaller items (file modes, resuming a killed run, pseudo file systems,
+divergence before the first checkpoint)."""
+import json
+import os
+import shutil
+import signal
+import types
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+from safetensors.torch import save_model
+
+import main
+from data.data_params import DataParams
+from main import build_arg_parser
+from model.model_params import ModelParams
+from tests.test_reliability import SignalAtStep, tiny_config
+from train.run import run_training
+from train.runs import Namer
+from train.train_params import TrainParams
+
+TINY_DATA = dict(dataset_name="sort", n_train_samples=96, n_eval_samples=16, min_len=2, max_len=3, long_len=0,
+                 max_seq_len=12)
+TINY_TRAIN = dict(epochs=1, batch_size=16, lr=1e-2, warmup_steps=1, hyperparams_log_freq=2, n_print_samples=0)
+
+
+def tiny_run(save_dir: Path, callbacks: Any = (), resume: Any = None, **train: Any) -> Dict[str, Any]:
+    """A tiny sort run (6 batches an epoch, 1 layer of width 16), saved under save_dir."""
+    flags = ["--config=tiny", "--no-wandb", "--save", f"--save-dir={save_dir}"]
+    args = build_arg_parser().parse_args(flags + ([f"--resume={resume}"] if resume else []))
+    namer = Namer(DataParams(**TINY_DATA), ModelParams(n_layers=1, dim=16, n_heads=2),
+                  TrainParams(**{**TINY_TRAIN, **train}), args, config_name="tiny")
+    return run_training(namer, callbacks=callbacks)
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny run that trained well: copied by the tests that damage it."""
+    return Path(tiny_run(tmp_path_factory.mktemp("good") / "saved", max_steps=3)["save_folder"])
+
+
+@pytest.fixture(scope="module")
+def diverged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny run whose loss became nan (lr=1e10): final.json says diverged, the weights hold nan."""
+    result = tiny_run(tmp_path_factory.mktemp("diverged") / "saved", lr=1e10, warmup_steps=0, epochs=3)
+    assert result["diverged"]
+    return Path(result["save_folder"])
+
+
+def copy_run(folder: Path, tmp_path: Path, name: str = "") -> Path:
+    """A copy of a run folder laid out as {save dir}/tiny/sort/default/{timestamp}."""
+    copy = tmp_path / "saved" / "tiny" / "sort" / "default" / (name or folder.name)
+    shutil.copytree(folder, copy)
+    return copy
+
+
+# ---- 1. --parallel / --slurm report a diverged run as diverged and count it ------------------------------
+def test_parallel_reports_a_diverged_run_as_diverged_and_exits_non_zero(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main.main([f"--config={tiny_config(tmp_path)}", "--no-wandb", "--save", f"--save-dir={tmp_path / 'saved'}",
+                   "--set", "lr=1e10", "--set", "warmup_steps=0", "--set", "max_steps=8", "--parallel", "1"])
+    out = capsys.readouterr().out
+    assert info.value.code == 1, out
+    assert "] diverged in " in out and "DIVERGED" in out
+    summary = out[out.index("=== summary"):].splitlines()
+    assert summary[2].split()[1] == "diverged"
+    assert "1 of 1 run(s) failed, diverged or were not saved where asked: run(s) 1" in out
+
+
+def test_slurm_job_results_keep_divergence_and_save_errors() -> None:
+    from train import launch
+    job = types.SimpleNamespace(paths=types.SimpleNamespace(stdout="job.log"),
+                                result=lambda: {"val_loss": float("nan"), "diverged": True})
+    assert launch.job_result(job, 1.0)["status"] == "diverged"
+    job.result = lambda: {"val_loss": 1.0, "save_error": "disk full: saved in /tmp/x instead"}
+    assert launch.job_result(job, 1.0)["status"] == "save failed"
+    assert launch.count_bad([{"status": "diverged"}, {"status": "done"}, {"status": "save failed"}]) == 2
