@@ -31,7 +31,7 @@ from hf_families import FAMILIES, FAMILY_LIST
 from hf_families.family import Family
 from hf_families.mapping import load_converted_weights, to_our_weights, to_their_weights
 from model.lm import LM
-from model.transformer.transformerencoderlayer import ff_width
+from model.transformer.parts import ff_width
 
 if TYPE_CHECKING:  # transformers is imported when a checkpoint is loaded, not with this module
     from transformers import PretrainedConfig, PreTrainedModel

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_train import bench_model, plain_loop  # noqa: E402
-from model.hooks import HookPoint  # noqa: E402
+from model.hook_point import HookPoint  # noqa: E402
 from model.lm import LM  # noqa: E402
 
 CONFIGS = ("test-nlp", "ptb-small")

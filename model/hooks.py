@@ -42,23 +42,21 @@ residual-stream tensors have seq = the new tokens (1 per step after the prompt);
 are [batch, heads, new, all keys so far]. k and v are hooked before they enter the cache, so a
 replaced key or value stays in the cache for the later steps.
 
-The torch-transformer path runs PyTorch's fused layer, which has no intermediates to hook: while hooks
-are attached its blocks are replaced by custom-transformer blocks holding the very same parameters
-(model/transformer/custom_twin.py), so both paths offer the same names.
+Hooks never change what computes: a model runs the same code with or without them. The
+"torch-transformer" reference path runs PyTorch's fused layer, which has no intermediates to hook:
+attaching a hook there is refused with an error naming the field to change (its hook_names() lists
+the hook points outside the blocks only).
 """
 import difflib
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.modules.module as _module_hooks  # the global hooks (register_module_forward_hook)
 from torch import Tensor, nn
 
 from model.eval_mode import evaluating
-
-if TYPE_CHECKING:
-    from model.lm import LM
+from model.hook_point import HookPoint
 
 HookFn = Callable[[Tensor, str], Optional[Tensor]]
 Hooks = Union[Dict[str, HookFn], Sequence[Tuple[str, HookFn]]]
@@ -67,34 +65,9 @@ NameFilter = Union[None, Sequence[str], Callable[[str], bool]]
 BLOCK_PATH = re.compile(r"^decoder\.layers\.(\d+)\.")
 
 
-class HookPoint(nn.Module):
-    """Identity: returns its input. `name` is its TransformerLens name, relative to its block when it
-    lives in one (e.g. "attn.hook_q"; the LM gives it the prefix "blocks.{i}."), else the full name."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-    def __call__(self, x: Tensor) -> Tensor:
-        # nothing attached (the usual case): the input as it is, without nn.Module's call machinery,
-        # which costs about 1 us a call (a decoding step of a small custom-path model calls 50 of these)
-        if self._forward_hooks or self._forward_pre_hooks or _module_hooks._global_forward_hooks or \
-                _module_hooks._global_forward_pre_hooks or torch.compiler.is_compiling():
-            return super().__call__(x)
-        return x
-
-    def extra_repr(self) -> str:
-        return repr(self.name)
-
-
 def hook_points(lm: nn.Module) -> Dict[str, HookPoint]:
     """Full name -> HookPoint, for every hook point in lm (a HookPoint inside lm.decoder.layers[j],
     the i-th transformer block, is named "blocks.{i}." + its own name)."""
-    from model.transformer.transformer import is_block
-
     block_index, i = {}, 0
     for j, layer in enumerate(lm.decoder.layers):
         if is_block(layer):
@@ -114,8 +87,10 @@ def hook_points(lm: nn.Module) -> Dict[str, HookPoint]:
     return points
 
 
-def hook_names(lm: "LM") -> List[str]:
+def hook_names(lm: nn.Module) -> List[str]:
     """Every hook point's name, in the order a forward pass reaches them (found by running one token)."""
+    if any(isinstance(layer, nn.TransformerEncoderLayer) for layer in lm.decoder.layers):
+        return all_names(lm)  # the reference path: only the hook points outside its blocks (see check_hookable)
     fired: List[str] = []
     with hooks_attached(lm, [(name, lambda t, name: fired.append(name)) for name in all_names(lm)]):
         with evaluating(lm), torch.random.fork_rng(devices=[]):
@@ -124,12 +99,24 @@ def hook_names(lm: "LM") -> List[str]:
     return list(dict.fromkeys(fired)) + never
 
 
-def all_names(lm: "LM") -> List[str]:
-    """Names of every hook point (the torch path's included: those of its custom twin blocks)."""
-    from model.transformer.custom_twin import custom_blocks
+def all_names(lm: nn.Module) -> List[str]:
+    """Names of every hook point of lm."""
+    return list(hook_points(lm))
 
-    with custom_blocks(lm):
-        return list(hook_points(lm))
+
+def is_block(layer: nn.Module) -> bool:
+    """A transformer block of lm.decoder.layers (ours, or PyTorch's reference layer), not a plain module
+    inserted between blocks (e.g. an nn.ReLU())."""
+    return isinstance(layer, nn.TransformerEncoderLayer) or any(isinstance(m, HookPoint) for m in layer.modules())
+
+
+def check_hookable(lm: nn.Module) -> None:
+    """ValueError when lm runs PyTorch's own layer, whose intermediates cannot be hooked."""
+    if any(isinstance(layer, nn.TransformerEncoderLayer) for layer in lm.decoder.layers):
+        raise ValueError("hooks need the editable layer: this model runs layer_architecture='torch-transformer' "
+                         "(PyTorch's fused nn.TransformerEncoderLayer, which exposes no intermediates). Build it with "
+                         "layer_architecture='custom-transformer' (the default), or convert it with "
+                         "lm.with_layer_architecture('custom-transformer'): same weights, same outputs")
 
 
 def as_hook_list(hooks: Hooks) -> List[Tuple[str, HookFn]]:
@@ -155,18 +142,17 @@ def unknown_name_error(name: str, known: Sequence[str]) -> ValueError:
 
 
 @contextmanager
-def hooks_attached(lm: "LM", hooks: Optional[Hooks]) -> Iterator[None]:
+def hooks_attached(lm: nn.Module, hooks: Optional[Hooks]) -> Iterator[None]:
     """Attach `hooks` for the duration of the block; they are removed on the way out, also when a hook
     (or anything else in the block) raises. fn(tensor, name) returns a replacement of the same shape or
     None (keep the tensor). Several hooks on one name run in the given order, each on the previous
-    one's result. None or an empty collection attaches nothing (and the torch path stays fused)."""
-    from model.transformer.custom_twin import custom_blocks
-
+    one's result. None or an empty collection attaches nothing."""
     pairs = as_hook_list(hooks) if hooks is not None else []
     if not pairs:
         yield
         return
-    with custom_blocks(lm), uncompiled(lm):
+    check_hookable(lm)
+    with uncompiled(lm):
         points = hook_points(lm)
         for name, _ in pairs:
             if name not in points:
@@ -208,7 +194,7 @@ def torch_hook(name: str, fn: HookFn) -> Callable[[nn.Module, tuple, Tensor], Op
     return hook
 
 
-def selected_names(lm: "LM", names: NameFilter) -> List[str]:
+def selected_names(lm: nn.Module, names: NameFilter) -> List[str]:
     """names None -> all hook points; a list -> those (checked); a callable -> those it accepts."""
     known = all_names(lm)
     if names is None:
@@ -223,7 +209,7 @@ def selected_names(lm: "LM", names: NameFilter) -> List[str]:
     return list(names)
 
 
-def run_with_cache(lm: "LM", x, names: NameFilter = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+def run_with_cache(lm: nn.Module, x, names: NameFilter = None) -> Tuple[Tensor, Dict[str, Tensor]]:
     """(logits as lm(x), {name: detached tensor}) for the chosen hook points, in forward order."""
     cache: Dict[str, Tensor] = {}
 
@@ -235,7 +221,7 @@ def run_with_cache(lm: "LM", x, names: NameFilter = None) -> Tuple[Tensor, Dict[
     return logits, cache
 
 
-def run_with_hooks(lm: "LM", x, hooks: Hooks) -> Tensor:
+def run_with_hooks(lm: nn.Module, x, hooks: Hooks) -> Tensor:
     """lm(x) with `hooks` attached (removed afterwards, also on an exception); returns the logits."""
     with hooks_attached(lm, hooks):
         return lm(x)

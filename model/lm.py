@@ -24,22 +24,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.tokenizer import Tokenizer
-from model.hooks import HookPoint, Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
+from model.decoding.beam_search import beam_search
+from model.decoding.kv_cache import KVCache
+from model.decoding.perplexity import perplexities
+from model.decoding.sample_text import check_sample_mode, resolve_stop_at_eos
+from model.decoding.sampling import sample
+from model.hook_point import HookPoint
+from model.hooks import Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
+from model.model_checks import check_model_params
 from model.model_params import ModelParams
-from model.output_projection import OutputProjection
-from model.perplexity import perplexities
-from model.sample_text import check_sample_mode, resolve_stop_at_eos
-from model.beam_search import beam_search
-from model.sampling import sample
-from model.transformer.feedforward import ACTIVATIONS, ff_width
 from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, RecurrentState, is_recurrent
-from model.transformer.kv_cache import KVCache
-from model.transformer.norms import NORMS
-from model.transformer.positions import rotary_dims, sinusoidal_positions, token_positions
-from model.transformer.transformer import LAYER_ARCHITECTURES, Transformer
-from model.transformer.transformerencoderlayer import SelfAttention, make_dropout
+from model.transformer.parts import ff_width, make_dropout, sinusoidal_positions
+from model.transformer.torch_f_multi_head_attention_forward import SelfAttention, token_positions
+from model.transformer.transformer import Transformer
 
-POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
 DecoderCache = Union[KVCache, RecurrentState]  # what lm.new_kv_cache() gives for this model's decoder
 
@@ -69,7 +67,7 @@ class LM(nn.Module):
                 self.pos_encoding = None
             self.dropout = make_dropout(mp.dropout)  # on the input embeddings
             self.decoder = RecurrentDecoder(mp) if is_recurrent(mp) else Transformer(mp)
-            self.out_proj = OutputProjection(mp.dim, self.n_tokens, bias=False)  # an nn.Linear
+            self.out_proj = nn.Linear(mp.dim, self.n_tokens, bias=False)  # the unembedding, [n_tokens, dim]
         if mp.tie_embeddings:
             self.out_proj.weight = self.embedding.weight
         self.init_weights()
@@ -117,14 +115,16 @@ class LM(nn.Module):
         logits_to_keep: N > 0 computes the logits of the last N positions only, [batch, N, vocab] (as
           transformers' argument: sampling reads a prompt and needs the next token's logits alone).
         """
-        attn_requests = None  # per-batch information for the attention function; set it after the assert below
+        attn_requests = None  # per-batch information for the attention; set it after the input check below
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0 (0 keeps every position), got {logits_to_keep}")
         x = self.as_batch(x)
         # on a CPU the ids' range is checked only when the embedding refuses them (IndexError): reading it
         # first costs ~15 us, 5% of a small model's decoding step
         cond, msg = self.check_input(x, kv_cache, check_ids=x.device.type != "cpu")
-        assert cond, msg
+        if not cond:
+            raise ValueError(msg)
+        assert cond, msg  # (already raised above: no check depends on asserts, which `python -O` drops)
         past = kv_cache.length if kv_cache is not None else 0
         try:
             h = self.embed(x, past, pad_left=kv_cache.pad_left if kv_cache is not None else None)
@@ -132,7 +132,7 @@ class LM(nn.Module):
             ids_ok, message = self.check_input(x, kv_cache)
             if ids_ok:
                 raise
-            raise AssertionError(message) from None
+            raise ValueError(message) from None
         h, embeddings, attns = self.decoder(h, attn_requests=attn_requests, kv_cache=kv_cache,
                                             get_embeddings=get_embeddings, get_attn=get_attn)
         logits = self.out_proj(h[:, -logits_to_keep:] if logits_to_keep else h)
@@ -388,67 +388,3 @@ class LM(nn.Module):
         return (f"LM({mp.layer_architecture}: {mp.n_layers} layers, {mp.n_heads} heads{kv}, dim {mp.dim}, "
                 f"dim_ff {ff_width(mp)}, {' '.join(options)}, context {mp.max_seq_len}, vocab {self.n_tokens}; "
                 f"{self.n_parameters():,} parameters)")
-
-
-def check_model_params(mp: ModelParams) -> None:
-    """Raise ValueError listing every problem with the architecture settings."""
-    problems = []
-    if not isinstance(mp.max_seq_len, int) or mp.max_seq_len < 1:
-        problems.append(f"max_seq_len must be a positive int, got {mp.max_seq_len!r} "
-                        "(the run code copies DataParams.max_seq_len into it when it is None)")
-    if mp.n_layers < 1 or mp.n_heads < 1 or mp.dim < 1:
-        problems.append(f"need n_layers >= 1, n_heads >= 1, dim >= 1 (got {mp.n_layers}, {mp.n_heads}, {mp.dim})")
-    elif is_recurrent(mp):
-        pass  # no heads, no attention: n_heads and the transformer options are unused
-    elif mp.dim % mp.n_heads:
-        problems.append(f"dim ({mp.dim}) must be divisible by n_heads ({mp.n_heads})")
-    else:
-        problems += transformer_option_problems(mp)
-    if mp.dim_ff is not None and mp.dim_ff < 1:
-        problems.append(f"dim_ff must be positive or None (= 4 * dim), got {mp.dim_ff}")
-    if not 0 <= mp.dropout < 1:
-        problems.append(f"dropout must be in [0, 1), got {mp.dropout}")
-    if not mp.layer_norm_eps > 0:  # also catches nan
-        problems.append(f"layer_norm_eps must be > 0, got {mp.layer_norm_eps}")
-    for field, value, options in (("activation", mp.activation, ACTIVATIONS),
-                                  ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
-                                  ("norm", mp.norm, NORMS),
-                                  ("layer_architecture", mp.layer_architecture,
-                                   LAYER_ARCHITECTURES + RECURRENT_ARCHITECTURES)):
-        if value not in options:
-            problems.append(f"unknown {field} {value!r}: choose one of {', '.join(options)}")
-    if problems:
-        raise ValueError("invalid ModelParams:\n  " + "\n  ".join(problems))
-
-
-def transformer_option_problems(mp: ModelParams) -> List[str]:
-    """Problems with the transformer options (n_kv_heads, rope, parallel_block, ...), and the options
-    the torch-transformer path (nn.TransformerEncoderLayer) cannot honour. Needs dim % n_heads == 0."""
-    problems = []
-    n_kv = mp.n_kv_heads
-    if n_kv is not None and (isinstance(n_kv, bool) or not isinstance(n_kv, int) or n_kv < 1 or mp.n_heads % n_kv):
-        problems.append(f"n_kv_heads must be a positive divisor of n_heads ({mp.n_heads}) or None (= n_heads), "
-                        f"got {n_kv!r}")
-    if mp.positional_encoding == "rope":
-        n_rotary = rotary_dims(mp)
-        if not 0 < mp.rotary_frac <= 1 or n_rotary < 2 or n_rotary % 2:
-            problems.append(f"rotary_frac ({mp.rotary_frac}) must be in (0, 1] and rotate an even number >= 2 of "
-                            f"each head's {mp.dim // mp.n_heads} dims (int(head_dim * rotary_frac) = {n_rotary})")
-        if not mp.rope_base > 0:
-            problems.append(f"rope_base must be positive, got {mp.rope_base}")
-    if mp.parallel_block and not mp.norm_first:
-        problems.append("parallel_block=True needs norm_first=True (attention and feed-forward both read the "
-                        "normed block input, as GPT-J / GPT-NeoX); a post-LN parallel block is not defined")
-    if mp.layer_architecture == "torch-transformer":
-        torch_cannot = [("positional_encoding", mp.positional_encoding, mp.positional_encoding in ("rope", "alibi")),
-                        ("norm", mp.norm, mp.norm != "layernorm"),
-                        ("activation", mp.activation, mp.activation in ("swiglu", "geglu")),
-                        ("n_kv_heads", mp.n_kv_heads, mp.n_kv_heads not in (None, mp.n_heads)),
-                        ("qk_norm", mp.qk_norm, mp.qk_norm),
-                        ("parallel_block", mp.parallel_block, mp.parallel_block)]
-        for field, value, unsupported in torch_cannot:
-            if unsupported:
-                problems.append(f"{field}={value!r} is not supported by layer_architecture='torch-transformer' "
-                                f"(PyTorch's nn.TransformerEncoderLayer cannot do it): use "
-                                f"layer_architecture='custom-transformer', which supports it")
-    return problems

@@ -9,7 +9,7 @@ from typing import Optional
 
 @dataclass
 class ModelParams:
-    layer_architecture: str = "torch-transformer"  # "torch-transformer" (fast, fused attention), "custom-transformer" (our editable layer), or a recurrent baseline: "lstm", "gru", "rnn" (tanh)
+    layer_architecture: str = "custom-transformer"  # "custom-transformer" (our editable layer, model/transformer/), "torch-transformer" (PyTorch's nn.TransformerEncoderLayer, same weights: the reference to compare an edit against), or a recurrent baseline: "lstm", "gru", "rnn" (tanh)
     n_layers: int = 2  # number of transformer blocks
     n_heads: int = 4  # attention heads per block
     dim: int = 128  # model (residual stream) width

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.hooks import HookPoint
+from model.hook_point import HookPoint
 from model.model_params import ModelParams
-from model.transformer.kv_cache import check_pad_left
-from model.transformer.norms import make_norm
+from model.decoding.kv_cache import check_pad_left
+from model.transformer.parts import make_norm
 
 RECURRENT_ARCHITECTURES = ("lstm", "gru", "rnn")
 LayerState = Union[Tensor, Tuple[Tensor, Tensor]]  # h, or (h, c) for an LSTM; each [1, batch, dim]

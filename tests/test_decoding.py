@@ -10,9 +10,9 @@ from transformers import GPT2LMHeadModel
 from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
-from model.decoding_linear import ONEDNN_COPIES, Linear, has_onednn_copy, linear
-from model.decoding_weights import ONEDNN_WEIGHT, decoding_weights, drop_copies, linear_weights, onednn_available
-from model.output_projection import LARGE_WEIGHT, OutputProjection
+from model.decoding.cpu_speedups import (_COPIES, DOUBLED_ROW_WEIGHT, FEW_ROWS, FEW_ROWS_WEIGHT, MANY_ROWS,
+                                         ONEDNN_WEIGHT, FastProducts, cpu_decoding, drop_copies, linear_weights,
+                                         onednn_available)
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
 from test_gpt2 import EOS, random_gpt2, tokenizer_folder
@@ -113,7 +113,7 @@ def test_kv_cache_grows_and_shrinks_in_place_with_the_same_logits(tok, arch, mon
     """The cache's buffers start small and double as positions are added (copying what they hold); rows
     dropped by reorder are compacted into the same buffers. Step by step, the cached logits equal those of
     reading the whole sequence at once."""
-    from model.transformer.kv_cache import LayerKVCache
+    from model.decoding.kv_cache import LayerKVCache
     monkeypatch.setattr(LayerKVCache, "MIN_POSITIONS", 2)  # grow at 2, 4, 8, 16
     lm = make_lm(tok, layer_architecture=arch).eval()
     ids = torch.tensor([tok("the quick brown fox"), tok("a lazy dog jumps ov")])  # 2 rows of 19
@@ -164,37 +164,29 @@ def test_decoding_argument_errors(tok):
         lm.sample([[999], [3]])
 
 
-def test_output_projection_products_agree():
-    """lm.out_proj computes weight @ h.T for a few rows on a CPU when the weight is large: the same logits."""
-    torch.manual_seed(0)
-    proj = OutputProjection(64, 70000, bias=False)
-    assert proj.weight.numel() >= LARGE_WEIGHT
-    for rows in (1, 2, 5, 8, 9, 64, 65):
-        h = torch.randn(rows, 1, 64)
-        expected = torch.nn.functional.linear(h, proj.weight)
-        with torch.no_grad():
-            assert torch.allclose(proj(h), expected, atol=1e-5)
-        assert torch.equal(proj(h), expected)  # with gradients it is F.linear itself
+def fast_linear(x, weight, bias=None, onednn_copies=None):
+    """F.linear as FastProducts computes it while decoding (no gradients)."""
+    with torch.no_grad(), FastProducts(onednn_copies or {}):
+        return torch.nn.functional.linear(x, weight, bias)
 
 
-def test_decoding_linear_equals_f_linear():
-    """model/decoding_linear.py computes weight @ x.T for 2 to 64 rows of a large weight on a CPU: the
-    same values as F.linear (to float rounding), with and without bias, for any leading shape."""
-    from model.decoding_linear import FEW_ROWS, LARGE_WEIGHT as BLOCK_WEIGHT, Linear, linear
+def test_fast_products_equal_f_linear():
+    """While decoding, F.linear on a large weight is weight @ x.T for 2 to 64 rows, and a large bias-free
+    head's one row is doubled: the same values as F.linear (to float rounding), with and without bias, for
+    any leading shape; with gradients on it is F.linear itself."""
     torch.manual_seed(0)
-    layer = Linear(512, 1024)
-    assert layer.weight.numel() >= BLOCK_WEIGHT
-    for shape in ((1, 512), (2, 512), (4, 1, 512), (2, 3, 512), (FEW_ROWS, 512), (FEW_ROWS + 1, 512)):
-        x = torch.randn(shape)
-        for bias in (layer.bias, None):
-            expected = torch.nn.functional.linear(x, layer.weight, bias)
-            with torch.no_grad():
-                got = linear(x, layer.weight, bias)
-            assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
-            assert torch.equal(linear(x, layer.weight, bias), expected)  # with gradients: F.linear itself
-    x = torch.randn(3, 512)
-    with torch.no_grad():
-        assert torch.equal(layer(x), linear(x, layer.weight, layer.bias))  # the module runs the same product
+    layer, head = torch.nn.Linear(512, 1024), torch.nn.Linear(64, 70000, bias=False)
+    assert layer.weight.numel() >= FEW_ROWS_WEIGHT and head.weight.numel() >= DOUBLED_ROW_WEIGHT
+    for weight, biases in ((layer.weight, (layer.bias, None)), (head.weight, (None,))):
+        for shape in ((1, weight.shape[1]), (2, weight.shape[1]), (4, 1, weight.shape[1]), (2, 3, weight.shape[1]),
+                      (FEW_ROWS, weight.shape[1]), (FEW_ROWS + 1, weight.shape[1])):
+            x = torch.randn(shape)
+            for bias in biases:
+                expected = torch.nn.functional.linear(x, weight, bias)
+                got = fast_linear(x, weight, bias)
+                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
+                with FastProducts({}):
+                    assert torch.equal(torch.nn.functional.linear(x, weight, bias), expected)  # gradients on
 
 
 def uncached_greedy(lm: LM, tok: Tokenizer, prompt: str, max_seq_len: int) -> list:
@@ -207,7 +199,7 @@ def uncached_greedy(lm: LM, tok: Tokenizer, prompt: str, max_seq_len: int) -> li
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
+def test_cpu_decoding_swaps_in_equal_copies_and_sees_edits(tok, arch):
     """Decoding on a CPU multiplies the large weights through oneDNN copies and reads the other block
     weights from [in, out]-ordered copies: the same values, undone afterwards, and remade after any
     edit (in place, or through .data); greedy sampling after the edits equals a plain forward loop."""
@@ -223,13 +215,13 @@ def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
         for w, v in zip(weights, expected):
             assert torch.equal(w, v)
             if any(w is u for u in large):
-                assert has_onednn_copy(w) and torch.equal(ONEDNN_COPIES[id(w)].to_dense(), v) and w.is_contiguous()
+                assert torch.equal(_COPIES[w]["onednn"][2].to_dense(), v) and w.is_contiguous()
             else:
-                assert not has_onednn_copy(w) and not w.is_contiguous()
+                assert not w.is_contiguous()
 
-    with decoding_weights(lm):
+    with cpu_decoding(lm):
         check_copies(values)
-    assert all(w.is_contiguous() and not has_onednn_copy(w) for w in weights)
+    assert all(w.is_contiguous() for w in weights)
     lm.sample("the", max_seq_len=12, temperature=0)  # a decoding run before the edits: nothing of it may stay
     with torch.no_grad():
         large_or_small = large[0] if large else small[0]
@@ -237,10 +229,10 @@ def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
         small[0][1, 1] += 1.0
     weights[1].data[3, 4] -= 1.0  # not seen by the version counter
     values = [w.detach().clone() for w in weights]
-    with decoding_weights(lm):
+    with cpu_decoding(lm):
         check_copies(values)
-    with decoding_weights(lm, rows=4):  # several rows: oneDNN copies, weights as they are
-        assert all(w.is_contiguous() and has_onednn_copy(w) == any(w is u for u in large) for w in weights)
+    with cpu_decoding(lm, rows=4):  # several rows: oneDNN copies, weights as they are
+        assert all(w.is_contiguous() for w in weights)
     greedy = lm.sample("the", max_seq_len=12, temperature=0, as_str=False)
     assert isinstance(copy.deepcopy(lm), LM)  # the copies are not on the LM: it still copies and pickles
     torch.save(lm, io.BytesIO())
@@ -250,38 +242,33 @@ def test_decoding_weights_swap_in_equal_copies_and_see_edits(tok, arch):
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
 def test_onednn_products_agree_with_f_linear():
-    """With a oneDNN copy registered (as decoding_weights does), `linear` and the output projection give
-    F.linear's values (to float rounding) for one row and for many rows, and the BLAS products in between."""
-    from model.decoding_linear import MANY_ROWS
+    """With a oneDNN copy (as cpu_decoding makes them), F.linear while decoding gives F.linear's values (to
+    float rounding) for one row and for many rows, and the BLAS products in between."""
     torch.manual_seed(0)
-    layer, proj = Linear(512, 1024), OutputProjection(64, 9000, bias=False)
-    for weight, bias in ((layer.weight, layer.bias), (layer.weight, None), (proj.weight, None)):
-        ONEDNN_COPIES[id(weight)] = weight.detach().to_mkldnn()
-        try:
-            for shape in ((1, weight.shape[1]), (1, 1, weight.shape[1]), (3, weight.shape[1]),
-                          (2, MANY_ROWS, weight.shape[1]), (70, weight.shape[1])):
-                x = torch.randn(shape)
-                expected = torch.nn.functional.linear(x, weight, bias)
-                with torch.no_grad():
-                    got = proj(x) if weight is proj.weight else linear(x, weight, bias)
-                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
-                assert torch.equal(linear(x, weight, bias), expected)  # with gradients: F.linear itself
-        finally:
-            ONEDNN_COPIES.pop(id(weight))
+    layer, head = torch.nn.Linear(512, 1024), torch.nn.Linear(64, 9000, bias=False)
+    for weight, bias in ((layer.weight, layer.bias), (layer.weight, None), (head.weight, None)):
+        copies = {id(weight): weight.detach().to_mkldnn()}
+        for shape in ((1, weight.shape[1]), (1, 1, weight.shape[1]), (3, weight.shape[1]),
+                      (2, MANY_ROWS, weight.shape[1]), (70, weight.shape[1])):
+            x = torch.randn(shape)
+            expected = torch.nn.functional.linear(x, weight, bias)
+            got = fast_linear(x, weight, bias, copies)
+            assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
 
 
-def test_decoding_weights_leave_other_dtypes_to_blas(tok):
+def test_cpu_decoding_leaves_other_dtypes_to_blas(tok):
     """oneDNN's bf16 product needs CPU features that not every machine has: a bfloat16 model decodes
     through the BLAS products, with no oneDNN copies, and gives its plain forward loop's tokens."""
     lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8).to(torch.bfloat16)
-    with decoding_weights(lm):
-        assert not any(has_onednn_copy(w) for w in linear_weights(lm))
+    drop_copies(lm)
+    with cpu_decoding(lm):
+        assert not any("onednn" in _COPIES.get(w, {}) for w in linear_weights(lm))
     assert lm.sample("the", max_seq_len=8, temperature=0, as_str=False) == uncached_greedy(lm, tok, "the", 8)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_batched_prompts_and_beams_through_onednn_match_one_by_one(tok, arch, monkeypatch):
-    """Weights large enough for oneDNN's product (decoding_weights.ONEDNN_WEIGHT): 9 prompts as one batch
+    """Weights large enough for oneDNN's product (cpu_speedups.ONEDNN_WEIGHT): 9 prompts as one batch
     (9 rows, fewer as rows finish) give the tokens of sampling each alone (one row), and beam search (5
     beams; its prompt read as 9 positions) the sequences and scores it finds without oneDNN."""
     lm = make_lm(tok, layer_architecture=arch, n_layers=2, dim=640, n_heads=8)
@@ -290,7 +277,7 @@ def test_batched_prompts_and_beams_through_onednn_match_one_by_one(tok, arch, mo
     alone = [lm.sample(p, max_seq_len=12, temperature=0) for p in prompts]
     assert lm.sample(prompts, max_seq_len=12, temperature=0) == alone
     beams = lm.beam_search("abcdefgh", beam_size=5, max_seq_len=14, n_best=3, as_str=False)
-    monkeypatch.setattr("model.decoding_weights.onednn_available", lambda: False)
+    monkeypatch.setattr("model.decoding.cpu_speedups.onednn_available", lambda: False)
     plain = lm.beam_search("abcdefgh", beam_size=5, max_seq_len=14, n_best=3, as_str=False)
     assert [ids for ids, _ in beams] == [ids for ids, _ in plain]
     assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(beams, plain))

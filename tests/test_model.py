@@ -207,17 +207,17 @@ def test_plain_module_inserted_between_blocks(tok, arch):
     assert lm.decoder.n_blocks == 3 and len(lm.new_kv_cache()) == 3
 
 
-def test_attn_requests_reach_the_attention_function(tok, monkeypatch):
-    import model.transformer.transformerencoderlayer as layer_module
+def test_attn_requests_reach_the_attention(tok, monkeypatch):
+    from model.transformer.torch_f_multi_head_attention_forward import SelfAttention
     seen = []
-    original = layer_module.multi_head_attention_forward
+    original = SelfAttention.forward
 
-    def recording(*args, **kwargs):
-        seen.append((kwargs["attn_requests"], kwargs["model_params"]))
-        return original(*args, **kwargs)
+    def recording(self, *args, **kwargs):
+        seen.append((kwargs["attn_requests"], self.model_params))
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(layer_module, "multi_head_attention_forward", recording)
-    lm = make_lm(tok, layer_architecture="custom-transformer")
+    monkeypatch.setattr(SelfAttention, "forward", recording)
+    lm = make_lm(tok)  # the default path is the editable one
     lm("hello")
     assert seen == [(None, lm.model_params)] * 2
 
@@ -245,14 +245,14 @@ def test_get_batch_xyz_and_get_losses(tok):
 # ---- errors --------------------------------------------------------------------------------
 def test_input_errors_are_clear(tok):
     lm = make_lm(tok)
-    with pytest.raises(AssertionError, match=r"token ids must be in \[0, "):
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, "):
         lm([1, 2, tok.vocab_size])
-    with pytest.raises(AssertionError, match="token ids must be in"):
+    with pytest.raises(ValueError, match="token ids must be in"):
         lm(torch.tensor([[-1, 2]]))
-    with pytest.raises(AssertionError, match=r"longer than the model's context \(model_params.max_seq_len = 24\)"):
+    with pytest.raises(ValueError, match=r"longer than the model's context \(model_params.max_seq_len = 24\)"):
         lm(list(range(5)) * 5)
     for empty in ("", [], torch.zeros(0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long)):
-        with pytest.raises(AssertionError, match="empty input"):
+        with pytest.raises(ValueError, match="empty input"):
             lm(empty)
     with pytest.raises(ValueError, match="non-whole"):
         lm(torch.tensor([1.5, 2.0]))

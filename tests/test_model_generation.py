@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from data.tokenizer import Tokenizer
 from model.lm import LM
 from model.model_params import ModelParams
-from model.sampling import choose_next_token
+from model.decoding.sampling import choose_next_token
 from model_helpers import ARCHS, TEXTS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
 
@@ -56,7 +56,7 @@ def test_cache_respects_context_and_inserted_modules(tok):
     cached = torch.cat([lm(x[:, :3], kv_cache=cache)] + [lm(x[:, i:i + 1], kv_cache=cache)
                                                           for i in range(3, x.shape[1])], dim=1)
     assert torch.allclose(cached, lm(x), atol=1e-5)
-    with pytest.raises(AssertionError, match="after 16 cached tokens is longer than the model's context"):
+    with pytest.raises(ValueError, match="after 16 cached tokens is longer than the model's context"):
         lm(torch.tensor([tok("abcdefghi")]), kv_cache=cache)
 
 

@@ -12,7 +12,7 @@ from data.tokenizer import Tokenizer
 from model.lm import LM
 from model.model_params import ModelParams
 from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, RecurrentState
-from model.sampling import choose_next_token
+from model.decoding.sampling import choose_next_token
 from model_explorer import show_lm_attns, verify_stable_load
 from model_helpers import TEXTS, char_tokenizer, make_lm, make_spread_lm
 import test_decoding as decoding
@@ -77,7 +77,7 @@ def test_state_carried_step_by_step_equals_the_full_forward(tok, arch):
     pieces.append(lm(x[:, 9:], kv_cache=state))
     assert state.length == x.shape[1]
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
-    with pytest.raises(AssertionError, match="longer than the model's context"):
+    with pytest.raises(ValueError, match="longer than the model's context"):
         lm(x[:, :lm.model_params.max_seq_len], kv_cache=state)
 
 
@@ -128,7 +128,7 @@ def test_reorder_keeps_and_repeats_rows(tok, arch):
     for row, (source, token) in enumerate(zip([1, 1, 0], [1, 2, 3])):
         expected = lm(torch.cat([x[source:source + 1], torch.tensor([[token]])], dim=1))[0, -1]
         assert torch.allclose(got[row], expected, atol=1e-5)
-    with pytest.raises(AssertionError, match="input has 1 rows but the kv cache was made for 3"):
+    with pytest.raises(ValueError, match="input has 1 rows but the kv cache was made for 3"):
         lm(nxt[:1], kv_cache=state)
 
 

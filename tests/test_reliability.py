@@ -241,7 +241,7 @@ def test_train_params_are_checked(field: str, value: Any, rule: str) -> None:
 
 
 def test_layer_norm_eps_must_be_positive() -> None:
-    from model.lm import check_model_params
+    from model.model_checks import check_model_params
     with pytest.raises(ValueError, match="layer_norm_eps must be > 0"):
         check_model_params(ModelParams(layer_norm_eps=0.0, max_seq_len=8))
 

@@ -13,7 +13,7 @@ from data.dataloader import LMDataModule
 from data.tokenizer import Tokenizer
 from model.lm import LM
 from model.model_params import ModelParams
-from model.sample_text import render_sample, resolve_stop_at_eos, sample_mode_of_saved_run
+from model.decoding.sample_text import render_sample, resolve_stop_at_eos, sample_mode_of_saved_run
 from model_helpers import char_tokenizer, make_lm
 from train.run import make_trainer
 from train.run_folder import load_run, save_run

@@ -91,7 +91,7 @@ def load_run(folder: PathLike, device: Union[str, torch.device] = "cpu") -> Save
     """(lm in eval mode, tokenizer, train_stats, params, final) of a saved run folder. Raises
     DamagedRunError naming the file when one is missing, truncated or unreadable."""
     from model.lm import LM  # here so that reading params.json alone needs no model code
-    from model.sample_text import sample_mode_of_saved_run
+    from model.decoding.sample_text import sample_mode_of_saved_run
 
     folder = Path(folder)
     missing = [name for name in FILES if not (folder / name).is_file()]

@@ -1,9 +1,11 @@
-"""The "torch-transformer" block: PyTorch's own nn.TransformerEncoderLayer with a causal mask, the fast path.
+"""The "torch-transformer" block: PyTorch's own nn.TransformerEncoderLayer with a causal mask, the reference.
 
-Training and plain forwards run PyTorch's code unchanged: fused scaled-dot-product attention
-(flash / memory-efficient kernels on GPU) and, in eval mode under no_grad, the fused
-encoder-layer kernel. Two extras that nn.TransformerEncoderLayer cannot do, written here
-with PyTorch's own attention ops so that the custom path's edits never leak into this path:
+Not the default, and not the code to edit: it is the baseline an idea is compared against, with the
+same weights and outputs as our editable block (transformerencoderlayer.py). Training and plain
+forwards run PyTorch's code unchanged: fused scaled-dot-product attention (flash / memory-efficient
+kernels on GPU) and, in eval mode under no_grad, the fused encoder-layer kernel. Hooks do not reach
+inside it (model/hooks.py refuses them on this path). Two extras that nn.TransformerEncoderLayer
+cannot do, written here with PyTorch's own attention ops (no code of the editable path runs here):
   - attention weights (`need_weights=True`): nn.MultiheadAttention asked for per-head weights;
   - sampling with a key/value cache: F.scaled_dot_product_attention over the cached keys.
 """
@@ -17,11 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model.decoding_linear import linear
+from model.decoding.kv_cache import LayerKVCache
 from model.model_params import ModelParams
-from model.transformer.feedforward import ff_width
-from model.transformer.kv_cache import LayerKVCache
-from model.transformer.masks import hidden_keys
+from model.transformer.parts import ff_width
+from model.transformer.torch_f_multi_head_attention_forward import hidden_keys
 
 
 class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
@@ -75,17 +76,17 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
             x = x + self._attend_cached(F.layer_norm(x, w.norm_shape, w.norm1_weight, w.norm1_bias, w.norm1_eps),
                                         kv_cache, w)[0]
             h = F.layer_norm(x, w.norm_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
-            return x + linear(w.activation(linear(h, w.linear1_weight, w.linear1_bias)), w.linear2_weight, w.linear2_bias)
+            return x + F.linear(w.activation(F.linear(h, w.linear1_weight, w.linear1_bias)), w.linear2_weight, w.linear2_bias)
         x = F.layer_norm(x + self._attend_cached(x, kv_cache, w)[0], w.norm_shape, w.norm1_weight, w.norm1_bias,
                          w.norm1_eps)
-        h = linear(w.activation(linear(x, w.linear1_weight, w.linear1_bias)), w.linear2_weight, w.linear2_bias)
+        h = F.linear(w.activation(F.linear(x, w.linear1_weight, w.linear1_bias)), w.linear2_weight, w.linear2_bias)
         return F.layer_norm(x + h, w.norm_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
 
     def _step_weights(self) -> SimpleNamespace:
         """The parameters and settings a cached step reads, as plain attributes. Reading a parameter or a
         submodule through nn.Module costs about 0.5 us, and a step reads some twenty per block: a decoding
         run gathers them once, into its cache (the Parameter objects: in-place changes of their values,
-        e.g. model/decoding_weights.py's, are seen)."""
+        e.g. model/decoding/cpu_speedups.py's, are seen)."""
         norm1, norm2, attn = self.norm1, self.norm2, self.self_attn
         activation = self.activation
         if type(activation) is nn.GELU:  # GPT-2's tanh-GELU: its function, without the module call
@@ -111,7 +112,7 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         w = w if w is not None else self._step_weights()
         batch, seq, dim = x.shape
         # [batch, seq, 3 * heads, head_dim] -> [batch, 3 * heads, seq, head_dim] -> q, k, v (heads each)
-        q, k, v = linear(x, w.in_proj_weight, w.in_proj_bias).view(batch, seq, 3 * w.n_heads, -1
+        q, k, v = F.linear(x, w.in_proj_weight, w.in_proj_bias).view(batch, seq, 3 * w.n_heads, -1
                                                                      ).transpose(1, 2).chunk(3, dim=1)
         k, v = kv_cache.append(k, v)
         n_keys = k.shape[2]
@@ -122,7 +123,7 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hidden is None else ~hidden,
                                              is_causal=plain_causal,
                                              dropout_p=w.attn_dropout if self.training else 0.0)
-        return linear(out.transpose(1, 2).reshape(batch, seq, dim), w.out_proj_weight, w.out_proj_bias), None
+        return F.linear(out.transpose(1, 2).reshape(batch, seq, dim), w.out_proj_weight, w.out_proj_bias), None
 
 
 def attention_kernels(x: Tensor) -> ContextManager:

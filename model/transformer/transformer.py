@@ -1,8 +1,9 @@
 """The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final norm.
 
 `ModelParams.layer_architecture` picks the block:
-  "torch-transformer"  -> TorchTransformerEncoderLayer (torch_layer.py): PyTorch's fused layer, fast;
-  "custom-transformer" -> TransformerEncoderLayer (transformerencoderlayer.py): ours, to edit.
+  "custom-transformer" (the default) -> TransformerBlock (transformerencoderlayer.py): ours, the one to edit;
+  "torch-transformer"  -> TorchTransformerEncoderLayer (torch_layer.py): PyTorch's own layer with the same
+                          weights, the reference to compare an idea against (edits of ours do not act there).
 `self.layers` may also hold plain modules between the blocks (e.g. an nn.ReLU()); they are
 called with the hidden state alone.
 """
@@ -10,15 +11,15 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
-from model.hooks import HookPoint
+from model.decoding.kv_cache import KVCache
+from model.hook_point import HookPoint
 from model.model_params import ModelParams
-from model.transformer.kv_cache import KVCache
-from model.transformer.norms import make_norm
+from model.transformer.parts import make_norm
 from model.transformer.torch_layer import TorchTransformerEncoderLayer
-from model.transformer.transformerencoderlayer import TransformerEncoderLayer
+from model.transformer.transformerencoderlayer import TransformerBlock
 
-LAYER_ARCHITECTURES = ("torch-transformer", "custom-transformer")
-BLOCK_TYPES = (TorchTransformerEncoderLayer, TransformerEncoderLayer)
+LAYER_ARCHITECTURES = ("custom-transformer", "torch-transformer")
+BLOCK_TYPES = (TransformerBlock, TorchTransformerEncoderLayer)
 
 
 def is_block(layer: nn.Module) -> bool:
@@ -32,10 +33,10 @@ class Transformer(nn.Module):
         self.model_params = model_params
 
         def make_layer() -> nn.Module:
+            if self.model_params.layer_architecture == "custom-transformer":
+                return TransformerBlock(self.model_params)
             if self.model_params.layer_architecture == "torch-transformer":
                 return TorchTransformerEncoderLayer(self.model_params)
-            if self.model_params.layer_architecture == "custom-transformer":
-                return TransformerEncoderLayer(self.model_params)
             raise ValueError(f"unknown layer_architecture {self.model_params.layer_architecture!r}: "
                              f"choose one of {', '.join(LAYER_ARCHITECTURES)}")
 

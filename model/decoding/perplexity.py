@@ -1,20 +1,17 @@
 """Perplexity (or cross-entropy) of an LM on texts or on a DataLoader of batches."""
 import math
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.eval_mode import evaluating
-
-if TYPE_CHECKING:
-    from model.lm import LM
 
 Batch = Dict[str, Any]
 
 
-def text_batches(lm: "LM", texts: Sequence[str], batch_size: int) -> Iterator[Batch]:
+def text_batches(lm: nn.Module, texts: Sequence[str], batch_size: int) -> Iterator[Batch]:
     """Batches in the DataLoader format for `texts`, each read as training saw it: bos + the text's ids,
     right-padded with pad_id (mask False on padding)."""
     tok = lm.tokenizer
@@ -35,7 +32,7 @@ def text_batches(lm: "LM", texts: Sequence[str], batch_size: int) -> Iterator[Ba
         yield {"x_indices": x, "mask": mask}
 
 
-def perplexities(lm: "LM", data: Union[Sequence[str], Iterable[Batch]], per_token: bool = False,
+def perplexities(lm: nn.Module, data: Union[Sequence[str], Iterable[Batch]], per_token: bool = False,
                  before_exp: bool = False, dummy_res: float = -1, batch_size: int = 32,
                  ) -> Tuple[float, float, float, int, Union[Tensor, List]]:
     """See LM.perplexities."""

@@ -12,19 +12,16 @@ Each step, for every prompt:
 Several prompts run as one batch of prompts x K rows; a prompt that is done leaves the batch.
 """
 import difflib
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import nn
 
 from model.eval_mode import evaluating
-from model.decoding_weights import decoding_weights
-from model.prompts import fitting_groups, left_padded, read_prompts
-from model.sample_text import render_sample
-
-if TYPE_CHECKING:
-    from model.lm import LM
+from model.decoding.cpu_speedups import cpu_decoding
+from model.decoding.prompts import fitting_groups, left_padded, read_prompts
+from model.decoding.sample_text import render_sample
 
 IMPOSSIBLE = -1.0e9  # transformers' score for candidates that must not be chosen
 Hypothesis = Tuple[List[int], float]  # (new token ids, eos included when it ended with eos; score)
@@ -50,14 +47,14 @@ def check_beam_args(beam_size: int, n_best: int, length_penalty: float, unsuppor
         raise ValueError(f"length_penalty must be a number (1.0 = average log-probability per token), got {length_penalty!r}")
 
 
-def beam_search(lm: "LM", pref: Any = "", beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0,
+def beam_search(lm: nn.Module, pref: Any = "", beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0,
                 n_best: int = 1, as_str: bool = True, stop_at_eos: bool = True, **unsupported: Any) -> Any:
     """LM.beam_search (see its docstring)."""
     check_beam_args(beam_size, n_best, length_penalty, unsupported)
     prompts = read_prompts(lm, pref, max_seq_len)
     found: List[List[Hypothesis]] = [[([], 0.0)] * n_best for _ in prompts.contexts]  # prompts adding no token
-    # inference mode: less bookkeeping per op than no_grad; decoding_weights: faster weight reads on a CPU
-    with evaluating(lm), decoding_weights(lm, rows=beam_size * len(prompts.contexts)), torch.inference_mode():
+    # inference mode: less bookkeeping per op than no_grad; cpu_decoding: faster products on a CPU
+    with evaluating(lm), cpu_decoding(lm, rows=beam_size * len(prompts.contexts)), torch.inference_mode():
         for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
             group = [i for i in group if prompts.n_new[i] > 0]
             if group:
@@ -75,7 +72,7 @@ def beam_search(lm: "LM", pref: Any = "", beam_size: int = 4, max_seq_len: int =
     return results if prompts.batched else results[0]
 
 
-def search(lm: "LM", contexts: List[List[int]], n_new: List[int], beam_size: int, length_penalty: float,
+def search(lm: nn.Module, contexts: List[List[int]], n_new: List[int], beam_size: int, length_penalty: float,
            stop_at_eos: bool) -> List[List[Hypothesis]]:
     """For each context (ids starting with bos; one left-padded batch, n_new[p] >= 1 new tokens at most),
     its beam_size hypotheses, best first. Runs as the model is (LM.beam_search calls it in eval mode)."""

@@ -8,13 +8,10 @@ may add. A batch is left-padded to its longest prompt (`left_padded`); `fitting_
 prompts into batches whose padding never pushes a row past the model's context.
 """
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
-
-if TYPE_CHECKING:
-    from model.lm import LM
+from torch import Tensor, nn
 
 
 @dataclass
@@ -36,7 +33,7 @@ def is_prompt_list(pref: Any) -> bool:
     return all(is_prompt)
 
 
-def read_prompts(lm: "LM", pref: Any, max_seq_len: int) -> Prompts:
+def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int) -> Prompts:
     """The prompts in `pref`, with the same input forms and checks as lm(x); ValueError on a bad one."""
     batched = is_prompt_list(pref)
     given = [prompt_ids(lm, p, i if batched else None) for i, p in enumerate(pref if batched else [pref])]
@@ -51,7 +48,7 @@ def read_prompts(lm: "LM", pref: Any, max_seq_len: int) -> Prompts:
     return Prompts(given, contexts, n_new, batched)
 
 
-def prompt_ids(lm: "LM", pref: Any, index: Optional[int] = None) -> List[int]:
+def prompt_ids(lm: nn.Module, pref: Any, index: Optional[int] = None) -> List[int]:
     """One prompt's ids (a string, a list of ids, a 1-D tensor or a one-row 2-D tensor), checked."""
     which = f"prompt {index} " if index is not None else ""
     if isinstance(pref, (list, tuple)) and len(pref) == 0:

@@ -1,17 +1,14 @@
 """Sampling from an LM (LM.sample): choosing each next token (temperature, top-k, nucleus) and the
 cached generation loop, for one prompt or a batch of them."""
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.eval_mode import evaluating
-from model.decoding_weights import decoding_weights
-from model.prompts import fitting_groups, left_padded, read_prompts
-from model.sample_text import render_sample
-
-if TYPE_CHECKING:
-    from model.lm import LM
+from model.decoding.cpu_speedups import cpu_decoding
+from model.decoding.prompts import fitting_groups, left_padded, read_prompts
+from model.decoding.sample_text import render_sample
 
 
 def check_sampling_args(temperature: float, nucleus: Optional[float], top_k: Optional[int]) -> None:
@@ -61,7 +58,7 @@ def choose_next_tokens(logits: Tensor, temperature: float = 1.0, nucleus: Option
                       for i, generator in enumerate(generators)])
 
 
-def generate(lm: "LM", contexts: List[List[int]], n_new: List[int], temperature: float = 1.0,
+def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], temperature: float = 1.0,
              nucleus: Optional[float] = None, top_k: Optional[int] = None,
              generators: Optional[List[torch.Generator]] = None, stop_at_eos: bool = True) -> List[List[int]]:
     """For each context (ids starting with bos) up to n_new[r] new tokens, stopping before eos (if stop_at_eos).
@@ -98,7 +95,7 @@ def generate(lm: "LM", contexts: List[List[int]], n_new: List[int], temperature:
         logits = lm(x, kv_cache=kv_cache)[:, -1]
 
 
-def sample(lm: "LM", pref: Any = "", max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
+def sample(lm: nn.Module, pref: Any = "", max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
            top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
            stop_at_eos: bool = True) -> Union[str, List[int], List[Union[str, List[int]]]]:
     """LM.sample (see its docstring): one prompt -> one sample; a list of prompts -> a list of samples,
@@ -106,8 +103,8 @@ def sample(lm: "LM", pref: Any = "", max_seq_len: int = 100, temperature: float 
     check_sampling_args(temperature, nucleus, top_k)
     prompts = read_prompts(lm, pref, max_seq_len)
     new: List[List[int]] = [[] for _ in prompts.contexts]
-    # inference mode: less bookkeeping per op than no_grad; decoding_weights: faster weight reads on a CPU
-    with evaluating(lm), decoding_weights(lm, rows=len(prompts.contexts)), torch.inference_mode():
+    # inference mode: less bookkeeping per op than no_grad; cpu_decoding: faster products on a CPU
+    with evaluating(lm), cpu_decoding(lm, rows=len(prompts.contexts)), torch.inference_mode():
         for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
             generators = None
             if seed is not None:  # one generator per row, all seeded alike: a row's sample does not depend on the batch
