@@ -143,7 +143,8 @@ def check_runs(runs: Sequence[RunSpec], args: argparse.Namespace) -> None:
 
     bad = []
     for i, run in enumerate(runs, start=1):
-        problems = run_problems(run.params, getattr(args, "data_path", None))
+        problems = run_problems(run.params, getattr(args, "data_path", None),
+                                on_this_machine=not getattr(args, "slurm", False))
         if problems:
             listed = "\n  ".join(problem.replace("\n", "\n  ") for problem in problems)
             bad.append(f"run {i}/{len(runs)} ({describe_run(run)}):\n  {listed}")

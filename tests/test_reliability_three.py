@@ -80,3 +80,23 @@ def test_slurm_job_results_keep_divergence_and_save_errors() -> None:
     job.result = lambda: {"val_loss": 1.0, "save_error": "disk full: saved in /tmp/x instead"}
     assert launch.job_result(job, 1.0)["status"] == "save failed"
     assert launch.count_bad([{"status": "diverged"}, {"status": "done"}, {"status": "save failed"}]) == 2
+
+
+# ---- 5. every value checkable before compute is checked for the whole sweep, dry or not ------------------
+@pytest.mark.parametrize("flags", [["--dry-run"], ["--no-wandb"]])
+def test_a_bad_seed_in_run_2_is_refused_before_run_1_trains(
+        flags: list, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main.main([f"--config={tiny_config(tmp_path)}", *flags, "--set", "seed=[0,-1]"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and "Nothing was trained" in err, err
+    assert "run 2/2" in err and "run 1/2" not in err and "seed=-1: must be a whole number in [0, 4294967295]" in err
+    assert "final:" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="16-mixed trains on a machine with CUDA")
+def test_16_mixed_without_cuda_is_refused_by_the_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main.main([f"--config={tiny_config(tmp_path)}", "--dry-run", "--set", "precision=16-mixed"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and 'precision="16-mixed" needs a CUDA GPU, and this machine has none' in err

@@ -8,6 +8,7 @@ from typing import List, Optional, Union
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
+MAX_SEED = 2 ** 32 - 1
 
 
 @dataclass
@@ -84,6 +85,8 @@ def check_train_params(tp: TrainParams) -> None:
     need(tp.grad_clip is None or (number(tp.grad_clip) and tp.grad_clip > 0), "grad_clip",
          "> 0, or None for no clipping")
     need(tp.accumulate_grad_batches >= 1, "accumulate_grad_batches", ">= 1")
+    need(isinstance(tp.seed, int) and not isinstance(tp.seed, bool) and 0 <= tp.seed <= MAX_SEED, "seed",
+         f"a whole number in [0, {MAX_SEED}] (2^32 - 1: what numpy's and Lightning's seeding accept)")
     need(tp.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(tp.val_check_interval is None or tp.val_check_interval >= 1, "val_check_interval",
          ">= 1 (training batches), or None to validate once per epoch")
