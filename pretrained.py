@@ -76,13 +76,42 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def load_config(name: str) -> "PretrainedConfig":
+    """The checkpoint's config, read without running any code it ships (trust_remote_code=False); a
+    checkpoint that needs its own code (config.json's "auto_map") is refused before transformers sees it."""
     from transformers import AutoConfig
+    refuse_remote_code(name)
     try:
-        return AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise OSError(f"could not load a model config from {name!r}: {e}\nGive a local folder written by "
                       f"save_pretrained, or a hub name such as 'gpt2' (the hub needs the network or a copy in "
                       f"the Hugging Face cache).") from e
+    if getattr(config, "auto_map", None):
+        raise ValueError(remote_code_message(name, "config.json", config.auto_map))
+    return config
+
+
+def refuse_remote_code(name: str) -> None:
+    """A ValueError if the local folder `name` ships code for transformers to run: an "auto_map" entry in
+    config.json or tokenizer_config.json (custom classes in the folder's .py files)."""
+    import json
+    for file in ("config.json", "tokenizer_config.json"):
+        path = Path(name) / file
+        if not path.is_file():
+            continue
+        try:
+            auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map")
+        except (ValueError, AttributeError):
+            continue  # not a JSON object: transformers says what is wrong with it
+        if auto_map:
+            raise ValueError(remote_code_message(name, file, auto_map))
+
+
+def remote_code_message(name: str, file: str, auto_map: Any) -> str:
+    return (f"{name!r} needs its own code to load (its {file} has an \"auto_map\": {auto_map}): pretrained.py never "
+            f"runs code that comes with a checkpoint (trust_remote_code=False). Convert only checkpoints of the "
+            f"supported families ({', '.join(FAMILIES)}), whose classes ship with transformers; if you trust this "
+            f"code, remove \"auto_map\" from a copy of the folder so that transformers' own class is used.")
 
 
 def family_of(config: "PretrainedConfig", name: str = "the checkpoint") -> Family:
@@ -98,7 +127,8 @@ def load_hf_model(name: str, family: Family, dtype: torch.dtype = torch.float32)
     """transformers' own model for the checkpoint (its download and file-layout code), with every weight
     present: a missing or unexpected tensor is a clear error, not a silently random weight."""
     from transformers import AutoModelForCausalLM
-    model, info = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, output_loading_info=True)
+    model, info = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, output_loading_info=True,
+                                                       trust_remote_code=False)
     info["unexpected_keys"] = [k for k in info.get("unexpected_keys", ()) if not family.is_ignored(k)]
     problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
     if problems or info.get("error_msgs"):
@@ -134,8 +164,9 @@ def load_tokenizer(source: str, config: "PretrainedConfig") -> Tokenizer:
     """The checkpoint's tokenizer (transformers' fast tokenizer) as our Tokenizer, with the config's
     special ids and vocabulary size."""
     from transformers import AutoTokenizer
-    try:
-        hf_tokenizer = AutoTokenizer.from_pretrained(source, config=config)  # config: the class, for bare vocab files
+    refuse_remote_code(source)
+    try:  # config: the class, for bare vocab files
+        hf_tokenizer = AutoTokenizer.from_pretrained(source, config=config, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise OSError(f"could not load a tokenizer from {source!r}: {e}") from e
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)

@@ -100,3 +100,46 @@ def test_16_mixed_without_cuda_is_refused_by_the_dry_run(tmp_path: Path, capsys:
         main.main([f"--config={tiny_config(tmp_path)}", "--dry-run", "--set", "precision=16-mixed"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and 'precision="16-mixed" needs a CUDA GPU, and this machine has none' in err
+
+
+# ---- 6. pretrained folders that ship code are refused, nothing of theirs runs ------------------------------
+def tiny_gpt2_folder(folder: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from tests.pretrained_helpers import save_tokenizer
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=50257)).save_pretrained(folder)
+    save_tokenizer(folder)
+    return folder
+
+
+@pytest.mark.parametrize("file", ["config.json", "tokenizer_config.json"])
+def test_get_pretrained_refuses_a_folder_whose_config_has_auto_map(file: str, tmp_path: Path) -> None:
+    from pretrained import get_pretrained
+    folder = tiny_gpt2_folder(tmp_path / "gpt2-custom")
+    marker = tmp_path / "code-ran"
+    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                      "from transformers import GPT2Config\nclass CustomConfig(GPT2Config):\n    pass\n")
+    config = json.loads((folder / file).read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoTokenizer": ["custom.CustomConfig", None]}
+    (folder / file).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"needs its own code to load \(its {file} has an \"auto_map\".*"
+                                         r"trust_remote_code=False"):
+        get_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_transformers_is_always_told_not_to_trust_remote_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+    from pretrained import get_pretrained
+    folder = tiny_gpt2_folder(tmp_path / "gpt2")
+    seen = []
+    for cls in (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        original = cls.from_pretrained
+
+        def spy(*args: Any, _original: Any = original, _name: str = cls.__name__, **kwargs: Any) -> Any:
+            seen.append((_name, kwargs.get("trust_remote_code", "not given")))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    get_pretrained(folder)
+    assert {name for name, _ in seen} == {"AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"}
+    assert all(value is False for _, value in seen), seen
