@@ -257,6 +257,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="write the saved run RUN (its folder, or its timestamp under --save-dir) as a "
                              "transformers checkpoint folder OUT_FOLDER (AutoModelForCausalLM and AutoTokenizer "
                              "load it) and exit")
+    parser.add_argument("--force", action="store_true",
+                        help="--export-hf: export even a run that diverged or whose weights changed since it was "
+                             "saved, and write into a non-empty OUT_FOLDER")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, one line each, and exit")
     parser.add_argument("--list-params", action="store_true",
                         help="list every field of DataParams, ModelParams, TrainParams and exit")
@@ -280,18 +283,18 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def export_run(run: str, out_folder: str, save_dir: Optional[str] = None) -> None:
-    """--export-hf: the run folder (or timestamp under save_dir) as a transformers checkpoint folder."""
-    if Path(out_folder).exists() and any(Path(out_folder).iterdir()):
-        raise ConfigError(f"--export-hf: {out_folder} already exists and is not empty; give a new folder")
-    from pretrained import export_hf  # heavy (torch, transformers): imported only when exporting
+def export_run(run: str, out_folder: str, save_dir: Optional[str] = None, force: bool = False) -> None:
+    """--export-hf: the run folder (or timestamp under save_dir) as a transformers checkpoint folder
+    (OUT_FOLDER checked before the model loads; --force: a diverged or changed run, a non-empty folder)."""
+    from pretrained import check_export_folder, export_hf  # heavy (torch, transformers): only when exporting
     try:
+        check_export_folder(out_folder, force)
         if Path(run).exists():
             folder = Path(run)
         else:
             from train.runs import find_run_folder
             folder = find_run_folder(run, save_dir)
-        out = export_hf(folder, out_folder)
+        out = export_hf(folder, out_folder, force=force)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"--export-hf {run}: {error}") from error
     print(f"exported {folder} to {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "
@@ -332,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         if args.compare:
             return compare_saved_runs(args)
         if args.export_hf:
-            export_run(*args.export_hf, save_dir=args.save_dir)
+            export_run(*args.export_hf, save_dir=args.save_dir, force=args.force)
             return []
         if not args.config:
             parser.error("--config is required, e.g. --config=test-nlp (configs/*.txt lists them)")

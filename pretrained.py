@@ -21,6 +21,7 @@ transformers' last hidden state has the final norm applied, ours is the stream b
 `lm.decoder.final_norm(embeddings[:, -1])` equals `hidden_states[-1]`.
 """
 import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -213,15 +214,26 @@ def convert(hf_model: "PreTrainedModel", tokenizer: Tokenizer, family: Optional[
 
 # ---- exporting ------------------------------------------------------------------------------------------
 
-def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike) -> Path:
+def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike, force: bool = False) -> Path:
     """Write `out_folder` (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
     `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load, for an
     LM (or a saved run folder) whose architecture one export family expresses (GPT-2: learned positions,
     layernorm, gelu/relu; Llama: rope, rmsnorm, swiglu). Otherwise a ValueError naming the fields that
-    have no transformers equivalent. Returns the folder."""
+    have no transformers equivalent. Returns the folder.
+
+    Refused with a ValueError before anything is written: an `out_folder` that is a file, not writable, or
+    not empty and not an earlier export; a run whose weights are not the file it saved (final.json's
+    weights_sha256), a diverged run (final.json "diverged") or weights holding NaN / inf. `force=True`
+    (`main.py --export-hf RUN OUT --force`) exports those anyway and writes into a non-empty folder."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    lm = lm_or_run_folder if isinstance(lm_or_run_folder, LM) else load_run_lm(lm_or_run_folder)
+    out = check_export_folder(out_folder, force)  # before the model loads
+    lm = lm_or_run_folder if isinstance(lm_or_run_folder, LM) else load_run_lm(lm_or_run_folder, force)
+    nonfinite = [name for name, p in lm.named_parameters() if not torch.isfinite(p).all()]
+    if nonfinite and not force:
+        raise ValueError(f"the weights hold NaN / inf values in {len(nonfinite)} tensor(s) ({', '.join(nonfinite[:3])}"
+                         f"{', ...' if len(nonfinite) > 3 else ''}): the exported model would only output NaN. "
+                         f"Export it anyway with force=True (--force).")
     family = export_family(lm.model_params)
     mp = dataclasses.replace(lm.model_params, dim_ff=ff_width(lm.model_params))  # the width, not None
     tokenizer = lm.tokenizer
@@ -235,23 +247,61 @@ def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike) -> Pa
         ours["pos_embedding.weight"] = table.detach().cpu().to(lm.embedding.weight.dtype)
     weights = to_their_weights(ours, family.rules(config, mp), their_shapes, family.name)
     hf_model.load_state_dict(weights, strict=True)
-    out = Path(out_folder)
     hf_model.save_pretrained(out)
     special = {name: tokenizer.hf.id_to_token(i) for name, i in
                (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id), ("pad_token", tokenizer.pad_id),
                 ("unk_token", tokenizer.unk_id)) if i is not None}
     PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, **special).save_pretrained(out)
+    # safetensors creates its file readable by its owner only: give it the mode of the other files
+    os.chmod(out / "model.safetensors", os.stat(out / "config.json").st_mode & 0o777)
     return out
 
 
-def load_run_lm(run_folder_or_timestamp: PathLike) -> LM:
-    """The LM of a saved run: a run folder, or a timestamp looked up under the save root."""
+# what export_hf writes (transformers' save_pretrained): a folder holding only these is an earlier export
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_export_folder(out_folder: PathLike, force: bool = False) -> Path:
+    """`out_folder` as a Path, after checking that export_hf can write there: not a file, writable, and
+    new, empty or an earlier export (whose files are replaced); with `force`, any folder. ValueError otherwise."""
+    out = Path(out_folder).expanduser()
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot export to {out}: {existing} is a file, not a folder. Give a new folder.")
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise ValueError(f"cannot export to {out}: {existing} is not writable (permissions or a read-only file "
+                         f"system). Give a folder you can write to.")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    earlier_export = "config.json" in names and "model.safetensors" in names and set(names) <= set(EXPORT_FILES)
+    if names and not earlier_export and not force:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(f"cannot export to {out}: it already exists and is not empty ({shown}), and is not an "
+                         f"earlier export. "
+                         f"Give a new folder, or write into this one anyway with force=True (--force with "
+                         f"--export-hf); an earlier export is overwritten without asking.")
+    return out
+
+
+def load_run_lm(run_folder_or_timestamp: PathLike, force: bool = False) -> LM:
+    """The LM of a saved run (a run folder, or a timestamp looked up under the save root), verified as
+    loading it does: model.safetensors must be the file the run saved (final.json's weights_sha256), and
+    the run must not have diverged; `force` lets both through (the export of a damaged or NaN model)."""
     from train.runs import find_run_folder
-    from train.run_folder import load_run
+    from train.run_folder import load_run, weights_hash_problem
     folder = Path(run_folder_or_timestamp).expanduser()
     if not folder.exists():
         folder = find_run_folder(str(run_folder_or_timestamp))
-    return load_run(folder).lm
+    run = load_run(folder)
+    problem = weights_hash_problem(folder, run.final)
+    if problem and not force:
+        raise ValueError(f"{folder}: {problem}. Export it anyway with force=True (--force).")
+    if run.final.get("diverged") and not force:
+        raise ValueError(f"{folder}: the run diverged (final.json: the loss became nan / inf), so its weights are not "
+                         f"a trained model. Export it anyway with force=True (--force).")
+    return run.lm
 
 
 def export_family(mp: Any) -> Family:

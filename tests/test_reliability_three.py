@@ -143,3 +143,83 @@ def test_transformers_is_always_told_not_to_trust_remote_code(tmp_path: Path, mo
     get_pretrained(folder)
     assert {name for name, _ in seen} == {"AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"}
     assert all(value is False for _, value in seen), seen
+
+
+# ---- 2. export verifies the run as loading does, and refuses a diverged run unless forced --------------------
+def test_export_refuses_a_diverged_run_unless_forced(diverged_run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    from pretrained import export_hf
+    with pytest.raises(ValueError, match=r"the run diverged .*Export it anyway with force=True \(--force\)"):
+        export_hf(diverged_run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as info:
+        main.main(["--export-hf", str(diverged_run), str(tmp_path / "out")])
+    assert info.value.code == 2 and "--force" in capsys.readouterr().err
+    main.main(["--export-hf", str(diverged_run), str(tmp_path / "out"), "--force"])
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_export_refuses_nan_weights_even_when_final_json_does_not_say_diverged(
+        diverged_run: Path, tmp_path: Path) -> None:
+    from pretrained import export_hf
+    from train.run_folder import load_run
+    lm = load_run(diverged_run).lm
+    with pytest.raises(ValueError, match=r"the weights hold NaN / inf values .*force=True"):
+        export_hf(lm, tmp_path / "out")
+    folder = copy_run(diverged_run, tmp_path)
+    final = json.loads((folder / "final.json").read_text())
+    final["diverged"] = False
+    (folder / "final.json").write_text(json.dumps(final))
+    with pytest.raises(ValueError, match=r"the weights hold NaN / inf values"):
+        export_hf(folder, tmp_path / "out")
+
+
+def test_export_refuses_weights_that_are_not_the_file_the_run_saved(good_run: Path, tmp_path: Path) -> None:
+    from pretrained import export_hf
+    folder = copy_run(good_run, tmp_path)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"is not the file the run saved .*force=True \(--force\)"):
+        export_hf(folder, tmp_path / "out")
+    export_hf(folder, tmp_path / "out", force=True)
+
+
+def test_an_exported_folder_has_one_file_mode(good_run: Path, tmp_path: Path) -> None:
+    from pretrained import export_hf
+    out = export_hf(good_run, tmp_path / "out")
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+
+# ---- 4. --export-hf checks OUT before the model loads --------------------------------------------------------
+def test_export_hf_checks_the_output_folder_before_loading_the_model(
+        good_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import pretrained
+    import train.run_folder
+
+    def no_load(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded before the output folder was checked")
+    monkeypatch.setattr(train.run_folder, "load_run", no_load)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for out, why in ((a_file, "is a file, not a folder"), (a_file / "sub", "is a file, not a folder"),
+                     (other, r"already exists and is not empty \(notes.txt\), and is not an earlier export.*--force")):
+        with pytest.raises(SystemExit) as info:
+            main.main(["--export-hf", str(good_run), str(out)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "Traceback" not in err
+        assert __import__("re").search(why, err), err
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a folder of another user (root writes anywhere)
+    with pytest.raises(ValueError, match=r"cannot export to .*: .* is not writable"):
+        pretrained.export_hf(good_run, tmp_path / "new")
+
+
+def test_export_hf_overwrites_an_earlier_export(good_run: Path, tmp_path: Path) -> None:
+    from pretrained import export_hf
+    export_hf(good_run, tmp_path / "out")
+    export_hf(good_run, tmp_path / "out")  # the same folder again: an earlier export is replaced

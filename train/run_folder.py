@@ -158,6 +158,20 @@ def safetensors_problem(path: Path) -> Optional[str]:
     return None
 
 
+def weights_hash_problem(folder: PathLike, final: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """Why model.safetensors is not the file the run saved (its sha256 differs from final.json's
+    "weights_sha256": bit flips, an overwrite), or None. Runs saved before the hash was recorded pass."""
+    folder = Path(folder)
+    expected = (final if final is not None else read_final(folder)).get("weights_sha256")
+    if not expected:
+        return None
+    digest = file_sha256(folder / "model.safetensors")
+    if digest == expected:
+        return None
+    return (f"model.safetensors (sha256 {digest[:12]}...) is not the file the run saved (final.json's "
+            f"weights_sha256 {str(expected)[:12]}...): the weights were changed or damaged since")
+
+
 def file_sha256(path: PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
