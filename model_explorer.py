@@ -25,13 +25,14 @@ from model.lm import LM
 from run_comparison import compare_records, record_of_folder, select_run_folders
 from train import figures
 from train.figures import ATTENTIONS_DIR, METRICS_DIR, finish_figure, pyplot
-from train.run_folder import file_sha256, load_run, read_final, run_folder_problem
+from train.run_folder import DamagedRunError, file_sha256, load_run, read_final, run_folder_problem, weights_hash_problem
 from train.runs import find_run_folder, run_folders, save_root  # noqa: F401 (find_run_folder: part of the API)
 from train.train_stats import TrainStats
 
 
 PathLike = Union[str, Path]
 Loaded = Tuple[LM, LMDataModule, TrainStats, Dict[str, Any]]
+LIST_HASH_UP_TO_BYTES = 2 ** 27  # list_runs hashes weights up to 128 MiB (bigger ones: get_model_by_timestamp does)
 
 
 # ---- finding and loading runs ------------------------------------------------------------------
@@ -51,18 +52,26 @@ def get_model_by_path(folder: PathLike, device: str = "cpu", data_path: Optional
 
 def get_model_by_timestamp(timestamp: str, save_dir: Optional[PathLike] = None, device: str = "cpu",
                            data_path: Optional[PathLike] = None) -> Loaded:
-    """Find the run saved at `timestamp` (e.g. "2024-04-22--16-17-00") and load it (see get_model_by_path)."""
-    return get_model_by_path(find_run_folder(timestamp, save_dir), device=device, data_path=data_path)
+    """Find the run saved at `timestamp` (e.g. "2024-04-22--16-17-00") and load it (see get_model_by_path),
+    after checking that model.safetensors is the file the run saved (final.json's weights_sha256):
+    DamagedRunError when it is not."""
+    folder = find_run_folder(timestamp, save_dir)
+    problem = weights_hash_problem(folder)
+    if problem:
+        raise DamagedRunError(f"{folder}: {problem}. Load it anyway with get_model_by_path(folder).")
+    return get_model_by_path(folder, device=device, data_path=data_path)
 
 
 def list_runs(save_dir: Optional[PathLike] = None, show: bool = True) -> List[Dict[str, Any]]:
     """The saved runs, oldest first, as rows {timestamp, config, task, run_name, val_loss, interrupted,
     diverged, damaged, folder}; `show` prints them as a table. `diverged`: the loss stopped being finite;
-    `damaged`: None, or why the folder cannot be loaded (a missing, truncated or corrupt file)."""
+    `damaged`: None, or why the folder cannot be loaded (a missing, truncated, unparseable or corrupt file,
+    tensors whose shapes do not fit params.json, weights whose sha256 is not final.json's: checked for
+    weights up to LIST_HASH_UP_TO_BYTES, larger ones when loaded)."""
     root = save_root(save_dir)
     rows = []
     for folder in run_folders(root, complete=False):
-        damaged = run_folder_problem(folder)
+        damaged = run_folder_problem(folder, hash_up_to_bytes=LIST_HASH_UP_TO_BYTES)
         final = {} if damaged else read_final(folder)
         where = folder.relative_to(root).parts[:-1]  # (config, task, run name) as main.Namer lays them out
         config, task, run_name = where if len(where) == 3 else ("/".join(where), "?", "?")

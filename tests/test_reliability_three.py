@@ -223,3 +223,48 @@ def test_export_hf_overwrites_an_earlier_export(good_run: Path, tmp_path: Path) 
     from pretrained import export_hf
     export_hf(good_run, tmp_path / "out")
     export_hf(good_run, tmp_path / "out")  # the same folder again: an earlier export is replaced
+
+
+# ---- 3. list_runs does not show as good a run that the next load refuses -----------------------------------
+def test_list_runs_marks_every_damage_that_loading_refuses(good_run: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from model_explorer import get_model_by_timestamp, list_runs
+    from train.run_folder import DamagedRunError, load_run
+    damaged = {}
+    for i, (what, damage) in enumerate([
+            ("tokenizer {}", lambda f: (f / "tokenizer.json").write_text("{}")),
+            ("tokenizer truncated", lambda f: (f / "tokenizer.json").write_text((f / "tokenizer.json").read_text()[:200])),
+            ("params n_layers=2", lambda f: (f / "params.json").write_text(
+                (f / "params.json").read_text().replace('"n_layers": 1', '"n_layers": 2'))),
+            ("one byte flipped", lambda f: (f / "model.safetensors").write_bytes(
+                (f / "model.safetensors").read_bytes()[:-5] + bytes([(f / "model.safetensors").read_bytes()[-5] ^ 1])
+                + (f / "model.safetensors").read_bytes()[-4:])),
+    ]):
+        folder = copy_run(good_run, tmp_path, name=f"2001-01-0{i + 1}--00-00-00")
+        damage(folder)
+        damaged[folder.name] = what
+    copy_run(good_run, tmp_path, name="2001-02-01--00-00-00")  # an intact copy
+    rows = {row["timestamp"]: row for row in list_runs(tmp_path / "saved")}
+    out = capsys.readouterr().out
+    assert rows["2001-02-01--00-00-00"]["damaged"] is None
+    for stamp, what in damaged.items():
+        assert rows[stamp]["damaged"], f"{what}: listed as good"
+        with pytest.raises((DamagedRunError, ValueError)):
+            get_model_by_timestamp(stamp, save_dir=tmp_path / "saved")
+    assert out.count("DAMAGED, cannot load") == 4
+    assert "tokenizer.json is damaged" in rows["2001-01-01--00-00-00"]["damaged"]
+    assert "does not fit params.json" in rows["2001-01-03--00-00-00"]["damaged"]
+    assert "is not the file the run saved" in rows["2001-01-04--00-00-00"]["damaged"]
+    load_run(tmp_path / "saved" / "tiny" / "sort" / "default" / "2001-01-04--00-00-00")  # loads, unverified ...
+    with pytest.raises(DamagedRunError, match="is not the file the run saved"):  # ... by timestamp: verified
+        get_model_by_timestamp("2001-01-04--00-00-00", save_dir=tmp_path / "saved")
+
+
+def test_loading_a_run_without_its_tokenizer_names_the_missing_file(good_run: Path, tmp_path: Path) -> None:
+    from model_explorer import get_model_by_timestamp, list_runs
+    folder = copy_run(good_run, tmp_path)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"the run {folder} cannot be loaded: it lacks tokenizer.json"):
+        get_model_by_timestamp(folder.name, save_dir=tmp_path / "saved")
+    [row] = list_runs(tmp_path / "saved", show=False)
+    assert row["damaged"] == "missing tokenizer.json"

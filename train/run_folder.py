@@ -118,21 +118,63 @@ def load_run(folder: PathLike, device: Union[str, torch.device] = "cpu") -> Save
     return SavedRun(lm, tokenizer, train_stats, params, final)
 
 
-def run_folder_problem(folder: PathLike) -> Optional[str]:
+def run_folder_problem(folder: PathLike, hash_up_to_bytes: int = 0) -> Optional[str]:
     """Why a run folder cannot be loaded ("params.json: not valid JSON ...", "model.safetensors is
-    truncated ..."), or None when it looks sound. Quick: reads the JSON files and the weights' header only."""
+    truncated ...", a tensor whose shape is not the one params.json's model has), or None when it looks
+    sound. Quick: reads the JSON files, the tokenizer and the weights' header (not the tensors); the weights
+    are hashed against final.json's weights_sha256 only when the file has at most `hash_up_to_bytes`."""
     folder = Path(folder)
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         return f"missing {', '.join(missing)}"
     try:
-        read_params(folder, warn=False)
-        read_final(folder)
+        params = read_params(folder, warn=False)
+        final = read_final(folder)
         read_train_stats(folder)
     except DamagedRunError as error:
         return str(error).replace(f"{folder}/", "")
-    problem = safetensors_problem(folder / "model.safetensors")
-    return f"model.safetensors is damaged: {problem}" if problem else None
+    try:
+        tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    except Exception as error:  # the tokenizers library raises its own exception type
+        return f"tokenizer.json is damaged: {error}"
+    weights = folder / "model.safetensors"
+    problem = safetensors_problem(weights)
+    if problem:
+        return f"model.safetensors is damaged: {problem}"
+    problem = shapes_problem(weights, params, tokenizer)
+    if problem:
+        return problem
+    return weights_hash_problem(folder, final) if weights.stat().st_size <= hash_up_to_bytes else None
+
+
+def shapes_problem(weights: Path, params: Dict[str, Any], tokenizer: Tokenizer) -> Optional[str]:
+    """Whether the tensors in the weights' header are those of the model params.json describes (built on
+    the meta device: no memory, no init), or None. Tied tensors are stored once: one name of each is enough."""
+    from safetensors import safe_open
+
+    from model.lm import LM
+    try:
+        with torch.device("meta"):
+            lm = LM(params["model_params"], tokenizer)
+    except Exception as error:  # params.json's model params that build no model
+        return f"params.json's model_params build no model: {type(error).__name__}: {error}"
+    with safe_open(str(weights), framework="pt") as f:
+        stored = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    groups: Dict[int, List[str]] = {}  # tensors of the model by identity (tied weights: one entry, several names)
+    expected: Dict[str, List[int]] = {}
+    for name, tensor in lm.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+        expected[name] = list(tensor.shape)
+    problems = [f"{name} is {stored[name]} in model.safetensors, {expected[name]} in the model params.json describes"
+                for name in stored if name in expected and stored[name] != expected[name]]
+    problems += [f"model.safetensors has {name}, which the model params.json describes lacks"
+                 for name in stored if name not in expected]
+    problems += [f"model.safetensors lacks {names[0]}" for names in groups.values()
+                 if not any(name in stored for name in names)]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return "model.safetensors does not fit params.json: " + "; ".join(problems[:3]) + more
+    return None
 
 
 def safetensors_problem(path: Path) -> Optional[str]:
