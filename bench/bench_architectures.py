@@ -24,7 +24,8 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from config_parser import load_runs  # noqa: E402
 from data.dataloader import LMDataModule  # noqa: E402
-from main import Namer, build_arg_parser  # noqa: E402
+from main import build_arg_parser  # noqa: E402
+from train.runs import Namer  # noqa: E402
 from model.eval_mode import evaluating  # noqa: E402
 from train.run import run_training  # noqa: E402
 

@@ -124,7 +124,8 @@ class LM(nn.Module):
         cond, msg = self.check_input(x, kv_cache, check_ids=x.device.type != "cpu")
         if not cond:
             raise ValueError(msg)
-        assert cond, msg  # (already raised above: no check depends on asserts, which `python -O` drops)
+        # (already raised above: no check depends on an assert, which `python -O` drops)
+        assert cond, msg
         past = kv_cache.length if kv_cache is not None else 0
         try:
             h = self.embed(x, past, pad_left=kv_cache.pad_left if kv_cache is not None else None)
@@ -346,7 +347,7 @@ class LM(nn.Module):
 
     def with_layer_architecture(self, layer_architecture: str) -> "LM":
         """A copy of this model (same weights, device and train/eval mode) built with the other layer
-        architecture, e.g. a model trained on the fast path in the custom path, to read or edit its attention.
+        architecture, e.g. a model trained on the editable path on PyTorch's reference layer, to compare them.
         The copy is built from the code and model_params: modules put into decoder.layers by hand at run
         time are not carried over (those added in Transformer.__init__, as the README recipes do, are)."""
         if layer_architecture != self.model_params.layer_architecture and (

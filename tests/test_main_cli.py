@@ -129,7 +129,7 @@ def test_run_all_builds_a_namer_per_run(monkeypatch, tmp_path):
     assert first.varying == {"n_layers": 1, "lr": 0.001, "ablation": "none"}
     assert first.run_name() == "n_layers=1,lr=0.001,ablation=none"
     assert swapped.model_params.layer_architecture != first.model_params.layer_architecture
-    assert first.model_params.layer_architecture == "torch-transformer"  # the ablation edits a copy
+    assert first.model_params.layer_architecture == "custom-transformer"  # the ablation edits a copy
     assert first.train_params.epochs == 1 and first.args.no_wandb
     assert first.wandb_proj_name() == "base-sweep-example-ptb"
     assert len({n.timestamp for n in namers}) == 8

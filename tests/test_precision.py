@@ -95,7 +95,8 @@ def attention_kernels_used(lm: LM, bf16: bool) -> set:
 
 def test_torch_path_attention_avoids_the_flash_kernel_under_cpu_bf16_autocast() -> None:
     """The CPU flash kernel's bfloat16 backward is ~4x slower than the math kernel (model/transformer/torch_layer.py)."""
-    lm = LM(ModelParams(n_layers=1, dim=32, n_heads=2, max_seq_len=16), char_tokenizer()).train()
+    lm = LM(ModelParams(layer_architecture="torch-transformer", n_layers=1, dim=32, n_heads=2, max_seq_len=16),
+            char_tokenizer()).train()
     assert any("flash" in key for key in attention_kernels_used(lm, bf16=False))
     kernels = attention_kernels_used(lm, bf16=True)
     assert kernels and not any("flash" in key for key in kernels), kernels

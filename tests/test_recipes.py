@@ -133,8 +133,8 @@ from train.run_folder import load_run
 
 off, on = tiny_lm(), tiny_lm(relu_after_first=True)
 assert not off.model_params.relu_after_first, "the flag defaults to off"
-assert [type(l).__name__ for l in on.decoder.layers] == ["TorchTransformerEncoderLayer", "ReLU",
-                                                        "TorchTransformerEncoderLayer"], on.decoder.layers
+assert [type(l).__name__ for l in on.decoder.layers] == ["TransformerBlock", "ReLU", "TransformerBlock"], \
+    on.decoder.layers
 assert len(off.decoder.layers) == 2 and on.decoder.n_blocks == 2
 # the ReLU has no weights: the same seed draws the same weights, block 1 is now at index 2
 renamed = {k.replace("decoder.layers.1.", "decoder.layers.2."): v for k, v in off.state_dict().items()}
