@@ -260,6 +260,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="--export-hf: export even a run that diverged or whose weights changed since it was "
                              "saved, and write into a non-empty OUT_FOLDER")
+    parser.add_argument("--eval", metavar="RUN_OR_PRETRAINED",
+                        help="score a saved run (folder or timestamp) or a transformers checkpoint (folder or hub "
+                             "name) on lm-evaluation-harness tasks (--tasks), print the table, write the JSON "
+                             "(beside the run: eval/{date}.json) and exit")
+    parser.add_argument("--tasks", metavar="A,B", help="--eval: lm-eval task names (local: ptb_next_word, ptb_perplexity)")
+    parser.add_argument("--num-fewshot", type=int, default=None, metavar="N", help="--eval: few-shot examples")
+    parser.add_argument("--limit", type=float, default=None, metavar="N",
+                        help="--eval: at most N documents per task (below 1: a fraction)")
+    parser.add_argument("--include-path", metavar="DIR", help="--eval: a folder of more lm-eval task YAMLs")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="--eval: batch size")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, one line each, and exit")
     parser.add_argument("--list-params", action="store_true",
                         help="list every field of DataParams, ModelParams, TrainParams and exit")
@@ -301,6 +311,47 @@ def export_run(run: str, out_folder: str, save_dir: Optional[str] = None, force:
           f"and AutoTokenizer.from_pretrained({str(out)!r})")
 
 
+def eval_command(args: argparse.Namespace) -> Dict[str, Any]:
+    """--eval RUN_OR_PRETRAINED --tasks a,b: lm-eval's table for a saved run or a pretrained checkpoint."""
+    if not args.tasks:
+        raise ConfigError("--eval needs --tasks, e.g. --tasks=ptb_next_word,ptb_perplexity")
+    limit = int(args.limit) if args.limit is not None and args.limit == int(args.limit) else args.limit
+    from lm_eval.utils import make_table
+    import torch
+    from train.lm_eval_adapter import check_eval_request, evaluate_full
+    try:  # bad task names, include path or limit: refused before a model loads
+        check_eval_request(args.tasks, limit, args.num_fewshot, args.include_path)
+    except ValueError as error:
+        raise ConfigError(f"--eval: {error}") from error
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(args.eval).expanduser()
+    try:
+        if path.is_dir() and not (path / "config.json").is_file():
+            folder = path
+        else:
+            from train.runs import find_run_folder
+            try:
+                folder = None if path.exists() else find_run_folder(args.eval, args.save_dir)
+            except FileNotFoundError:
+                folder = None  # not a run's timestamp: a hub name
+        if folder is not None:
+            from train.run_folder import load_run
+            lm = load_run(folder, device=device).lm
+        else:
+            from pretrained import get_pretrained
+            lm = get_pretrained(args.eval).to(device)
+            folder = path if path.is_dir() else Path(args.save_dir) / "pretrained" / args.eval.replace("/", "--")
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"--eval {args.eval}: {error}") from error
+    out = evaluate_full(lm, args.tasks, num_fewshot=args.num_fewshot, limit=limit, batch_size=args.batch_size,
+                        include_path=args.include_path, save_folder=folder)
+    print(make_table(out))
+    if out.get("groups"):
+        print(make_table(out, "groups"))
+    print(f"results written to {out['saved_to']}")
+    return out["results"]
+
+
 def check_paths(args: argparse.Namespace) -> None:
     if args.task is not None and not args.task.strip():
         raise ConfigError("--task is empty: give a task name, e.g. --task=ptb or --task=sort.")
@@ -336,6 +387,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             return compare_saved_runs(args)
         if args.export_hf:
             export_run(*args.export_hf, save_dir=args.save_dir, force=args.force)
+            return []
+        if args.eval:
+            eval_command(args)
             return []
         if not args.config:
             parser.error("--config is required, e.g. --config=test-nlp (configs/*.txt lists them)")

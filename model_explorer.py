@@ -289,3 +289,22 @@ def _draw_head(ax: Any, weights: torch.Tensor, labels: List[str], title: str) ->
     ax.set_ylabel("query")
     ax.set_title(title, fontsize=9)
     return image
+
+
+# ---- lm-evaluation-harness ----------------------------------------------------------------------
+def evaluate(lm_or_run: Union[LM, PathLike], tasks: Union[str, Sequence[str]], num_fewshot: Optional[int] = None,
+             limit: Optional[Union[int, float]] = None, batch_size: Optional[int] = None,
+             include_path: Optional[PathLike] = None, seed: int = 0) -> Dict[str, Dict[str, Any]]:
+    """lm-eval's tasks on an LM, a run folder or a run's timestamp: {task: {metric: value}}
+    (train/lm_eval_adapter.py). For a run, the whole results JSON is also written beside it
+    (run folder/eval/{date}.json). Local tasks (eval_tasks/: ptb_next_word, ptb_perplexity) need no network."""
+    from train.lm_eval_adapter import check_eval_request
+    from train.lm_eval_adapter import evaluate as run_tasks
+    check_eval_request(tasks, limit, num_fewshot, include_path)  # bad names or limits: before loading anything
+    folder = None
+    if not isinstance(lm_or_run, LM):
+        folder = Path(lm_or_run).expanduser()
+        folder = folder if folder.exists() else find_run_folder(str(lm_or_run))
+        lm_or_run = get_model_by_path(folder, device="cuda" if torch.cuda.is_available() else "cpu")[0]
+    return run_tasks(lm_or_run, tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                     include_path=include_path, seed=seed, save_folder=folder)

@@ -60,6 +60,10 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     resolved = resolve_precision(tp.precision, device)
     precision = describe_precision(tp.precision, resolved)
     tp = dataclasses.replace(tp, precision=resolved)  # params.json records what the run used
+    eval_callback = None
+    if tp.eval_tasks:  # lm-eval tasks (train/eval_callback.py); their names are checked here, before any work
+        from train.eval_callback import LMEvalCallback
+        eval_callback = LMEvalCallback(tp.eval_tasks, tp.eval_limit, seed=tp.seed)
 
     L.seed_everything(tp.seed, workers=True, verbose=False)
     dm = LMDataModule(dp, batch_size=tp.batch_size, data_path=getattr(args, "data_path", None), seed=tp.seed)
@@ -87,6 +91,8 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     full_weights = FullWeights()
     # ctrl_c after nonfinite (it makes their stops agree across ranks), and before the checkpoint
     all_callbacks: List[Callback] = [*callbacks, train_loader, nonfinite, ctrl_c, full_weights]
+    if eval_callback is not None:  # before the checkpoint, which then holds its stats
+        all_callbacks.append(eval_callback)
     save_folder = None
     if getattr(args, "save", False):
         if is_rank_zero():
@@ -146,6 +152,8 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     train_stats = lm_trainer.train_stats  # flushes the last values to wandb too
     print_final(final)
     if diverged:
+    if eval_callback is not None:
+        final.update(eval_callback.last)
         print(divergence_message(nonfinite, tp), flush=True)
 
     save_error = None

@@ -3,7 +3,7 @@
 Each field's trailing comment is its description (`python3 main.py --list-params`).
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -37,6 +37,8 @@ class TrainParams:
     n_print_samples: int = 2  # samples printed after each epoch (one greedy, the rest sampled)
     print_sample_len: int = 30  # tokens generated per printed sample
     stop_on_nonfinite: bool = True  # stop (and mark the run diverged) when the training loss is nan/inf for 3 batches in a row
+    eval_tasks: List[str] = field(default_factory=list)  # lm-eval tasks scored at each validation and at the end (eval/{task}/{metric} in train_stats, wandb, final.json), e.g. [["ptb_next_word"]]; local ones in eval_tasks/
+    eval_limit: Optional[int] = None  # at most N documents per eval task; None scores each whole task
 
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -95,5 +97,9 @@ def check_train_params(tp: TrainParams) -> None:
     need(tp.hyperparams_log_freq >= 1, "hyperparams_log_freq", ">= 1")
     need(tp.n_print_samples >= 0, "n_print_samples", ">= 0")
     need(tp.print_sample_len >= 1, "print_sample_len", ">= 1")
+    need(isinstance(tp.eval_tasks, list) and all(isinstance(t, str) and t.strip() for t in tp.eval_tasks),
+         "eval_tasks", "a list of lm-eval task names (in a config: eval_tasks=[[\"ptb_next_word\"]])")
+    need(tp.eval_limit is None or (isinstance(tp.eval_limit, int) and tp.eval_limit >= 1), "eval_limit",
+         ">= 1 (documents per task), or None for whole tasks")
     if problems:
         raise ValueError("invalid TrainParams:\n  " + "\n  ".join(problems))
