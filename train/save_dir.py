@@ -20,8 +20,9 @@ def partial_folder(folder: PathLike) -> Path:
 
 
 def check_save_dir(save_dir: PathLike, need_bytes: int = MIN_FREE_BYTES) -> None:
-    """Raise ValueError saying why runs cannot be saved under `save_dir`: a file in the way, no write
-    permission, a read-only file system, or less than `need_bytes` free. Creates nothing."""
+    """Raise ValueError saying why runs cannot be saved under `save_dir`: a file in the way, a virtual file
+    system (/sys, /proc), a read-only file system, no write permission, or less than `need_bytes` free.
+    Creates nothing."""
     save_dir = Path(save_dir).expanduser()
     existing = save_dir
     while not existing.exists() and existing.parent != existing:  # folders are created from here down
@@ -29,10 +30,16 @@ def check_save_dir(save_dir: PathLike, need_bytes: int = MIN_FREE_BYTES) -> None
     where = f"cannot save runs under {save_dir}"
     if not existing.is_dir():
         raise ValueError(f"{where}: {existing} is a file, not a folder. Give --save-dir a folder.")
+    stats = os.statvfs(existing)
+    if stats.f_blocks == 0:  # sysfs, procfs and the like: "writable" to root, but no file can be made there
+        raise ValueError(f"{where}: {existing} is on a virtual file system (such as /sys or /proc) that holds no "
+                         "saved files. Give --save-dir a folder on a disk.")
+    if stats.f_flag & os.ST_RDONLY:
+        raise ValueError(f"{where}: {existing} is on a read-only file system. Give --save-dir a folder you can "
+                         "write to.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        reason = "is on a read-only file system" if read_only else "is not writable by this user"
-        raise ValueError(f"{where}: {existing} {reason}. Give --save-dir a folder you can write to.")
+        raise ValueError(f"{where}: {existing} is not writable by this user. Give --save-dir a folder you can "
+                         "write to.")
     free = shutil.disk_usage(existing).free
     if free < need_bytes:
         raise ValueError(f"{where}: the disk holding {existing} has {free / 2 ** 20:.1f} MiB free, the run needs "
