@@ -4,21 +4,20 @@ pretrained folders, and the smaller items (file modes, resuming a killed run, ps
 divergence before the first checkpoint)."""
 import json
 import os
+import re
 import shutil
-import signal
 import types
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 import torch
-from safetensors.torch import save_model
 
 import main
 from data.data_params import DataParams
 from main import build_arg_parser
 from model.model_params import ModelParams
-from tests.test_reliability import SignalAtStep, tiny_config
+from tests.test_reliability import sigtermed, tiny_config  # noqa: F401,F811 (sigtermed: a fixture)
 from train.run import run_training
 from train.runs import Namer
 from train.train_params import TrainParams
@@ -107,7 +106,8 @@ def tiny_gpt2_folder(folder: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
     from tests.pretrained_helpers import save_tokenizer
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=50257)).save_pretrained(folder)
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=50257)
+    GPT2LMHeadModel(config).save_pretrained(folder)
     save_tokenizer(folder)
     return folder
 
@@ -117,8 +117,8 @@ def test_get_pretrained_refuses_a_folder_whose_config_has_auto_map(file: str, tm
     from pretrained import get_pretrained
     folder = tiny_gpt2_folder(tmp_path / "gpt2-custom")
     marker = tmp_path / "code-ran"
-    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                      "from transformers import GPT2Config\nclass CustomConfig(GPT2Config):\n    pass\n")
+    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import "
+                                      "GPT2Config\nclass CustomConfig(GPT2Config):\n    pass\n")
     config = json.loads((folder / file).read_text())
     config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoTokenizer": ["custom.CustomConfig", None]}
     (folder / file).write_text(json.dumps(config))
@@ -213,8 +213,8 @@ def test_export_hf_checks_the_output_folder_before_loading_the_model(
             main.main(["--export-hf", str(good_run), str(out)])
         err = capsys.readouterr().err
         assert info.value.code == 2 and "Traceback" not in err
-        assert __import__("re").search(why, err), err
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a folder of another user (root writes anywhere)
+        assert re.search(why, err), err
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a folder of another user (root writes anywhere)
     with pytest.raises(ValueError, match=r"cannot export to .*: .* is not writable"):
         pretrained.export_hf(good_run, tmp_path / "new")
 
@@ -233,7 +233,8 @@ def test_list_runs_marks_every_damage_that_loading_refuses(good_run: Path, tmp_p
     damaged = {}
     for i, (what, damage) in enumerate([
             ("tokenizer {}", lambda f: (f / "tokenizer.json").write_text("{}")),
-            ("tokenizer truncated", lambda f: (f / "tokenizer.json").write_text((f / "tokenizer.json").read_text()[:200])),
+            ("tokenizer truncated",
+             lambda f: (f / "tokenizer.json").write_text((f / "tokenizer.json").read_text()[:200])),
             ("params n_layers=2", lambda f: (f / "params.json").write_text(
                 (f / "params.json").read_text().replace('"n_layers": 1', '"n_layers": 2'))),
             ("one byte flipped", lambda f: (f / "model.safetensors").write_bytes(
@@ -268,3 +269,63 @@ def test_loading_a_run_without_its_tokenizer_names_the_missing_file(good_run: Pa
         get_model_by_timestamp(folder.name, save_dir=tmp_path / "saved")
     [row] = list_runs(tmp_path / "saved", show=False)
     assert row["damaged"] == "missing tokenizer.json"
+
+
+# ---- 8. smaller items: resuming a killed run, pseudo file systems, divergence before the first checkpoint ----
+def test_resuming_a_killed_partial_run_finishes_into_its_own_folder(  # noqa: F811 (sigtermed: the fixture)
+        sigtermed: Dict[str, Any], tmp_path: Path) -> None:
+    """A run killed (SIGKILL) at step 3 leaves {folder}.partial holding its checkpoint only."""
+    from train.run_folder import load_run
+    folder = tmp_path / "saved" / "tiny" / "sort" / "default" / "2001-01-01--00-00-00"
+    shutil.copytree(sigtermed["folder"] / "checkpoints", Path(f"{folder}.partial") / "checkpoints")
+    for resume in (folder, Path(f"{folder}.partial")):  # the name "saving to ..." printed, and the .partial itself
+        result = tiny_run(tmp_path / "saved", resume=resume)
+        assert result["save_folder"] == str(folder) and result["timestamp"] == folder.name
+        assert not Path(f"{folder}.partial").exists()
+        assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name], "nothing else is left behind"
+        assert load_run(folder).final["steps"] == 6, "the killed run's 3 steps, then the other 3 of its epoch"
+        shutil.rmtree(folder)
+        shutil.copytree(sigtermed["folder"] / "checkpoints", Path(f"{folder}.partial") / "checkpoints")
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir() or os.statvfs("/sys").f_blocks != 0, reason="no sysfs here")
+def test_a_save_dir_on_sysfs_is_refused_as_a_virtual_file_system(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("LM_SAVE_DIR", "/sys/x")
+    with pytest.raises(SystemExit) as info:
+        main.main([f"--config={tiny_config(tmp_path)}", "--no-wandb", "--save"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "/sys is on a virtual file system (such as /sys or /proc)" in err
+    assert "MiB free" not in err
+
+
+def test_a_save_dir_on_a_read_only_file_system_is_named_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from train.save_dir import check_save_dir
+    real = os.statvfs(tmp_path)
+    read_only = os.statvfs_result((*real[:8], real.f_flag | os.ST_RDONLY, real.f_namemax))
+    monkeypatch.setattr(os, "statvfs", lambda path: read_only)
+    with pytest.raises(ValueError, match=rf"{tmp_path} is on a read-only file system"):
+        check_save_dir(tmp_path)
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_says_no_weights_were_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main.main([f"--config={tiny_config(tmp_path)}", "--no-wandb", "--save", f"--save-dir={tmp_path / 'saved'}",
+                   "--set", "lr=1e10", "--set", "warmup_steps=0", "--set", "max_steps=8"])
+    out = capsys.readouterr().out
+    assert info.value.code == 1
+    assert "diverged before its first checkpoint was written, so no weights from before the divergence" in out
+    assert "keeps the weights" not in out
+
+
+def test_the_divergence_message_names_the_checkpoint_step_when_there_is_one(tmp_path: Path) -> None:
+    from train.callbacks import LastCheckpoint, NonFiniteLoss
+    from train.run import divergence_message
+    nonfinite = NonFiniteLoss(check_every=1)
+    nonfinite.diverged_at_step, nonfinite.value = 9, float("nan")
+    checkpoint = LastCheckpoint(tmp_path / "last.ckpt")
+    checkpoint.path.write_bytes(b"ckpt")
+    checkpoint.saved_at_step = 6
+    message = divergence_message(nonfinite, TrainParams(), checkpoint)
+    assert f"The checkpoint {checkpoint.path} keeps the weights of step 6, before the divergence." in message

@@ -32,6 +32,7 @@ class LastCheckpoint(Callback):
         self.skip = skip  # True while the model is not worth keeping (a diverged run keeps its last good checkpoint)
         self._stop_saved_at: Optional[int] = None  # global step of the checkpoint written at a stop
         self.failed: Optional[str] = None  # why the last write failed (disk full, ...), if it did
+        self.saved_at_step: Optional[int] = None  # global step of the last checkpoint written; None before the first
 
     def save(self, trainer: "L.Trainer") -> None:
         """Every rank takes part (the state may be spread over them); rank 0 writes the file."""
@@ -44,6 +45,7 @@ class LastCheckpoint(Callback):
             trainer.save_checkpoint(tmp)
             if trainer.is_global_zero:
                 os.replace(tmp, self.path)
+            self.saved_at_step = trainer.global_step
         except OSError as error:  # the checkpoint only serves --resume: say so, keep training, leave no .tmp
             tmp.unlink(missing_ok=True)
             if self.failed is None:

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -16,6 +16,7 @@ from data.data_params import DataParams
 from data.tokenizer import Tokenizer
 from model.model_params import ModelParams
 from train.run_folder import find_checkpoint
+from train.save_dir import PARTIAL, partial_folder
 
 PathLike = Union[str, Path]
 
@@ -30,6 +31,23 @@ def run_identity(data_params: DataParams, tokenizer: Tokenizer) -> Dict[str, Any
     """What a checkpoint must share with a run that resumes from it (stored in the checkpoint)."""
     return {"task": data_params.dataset_name, "data_params": dataclasses.asdict(data_params),
             "tokenizer_sha256": tokenizer_sha256(tokenizer), "vocab_size": tokenizer.vocab_size}
+
+
+def unfinished_run_folder(path: PathLike) -> Optional[Path]:
+    """The folder of a killed run that `--resume path` continues, when that run was never finished: path
+    is its `{folder}.partial`, a checkpoint in it, or the `{folder}` "saving to ..." printed while only
+    `{folder}.partial` exists. The resumed run then finishes into that folder (train/run.py), so no
+    `.partial` is left behind. None for a finished run's folder or a checkpoint elsewhere."""
+    path = Path(path)
+    if path.is_file() and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    if path.name.endswith(PARTIAL) and path.is_dir():
+        folder = path.with_name(path.name[:-len(PARTIAL)])
+    elif not path.exists() and partial_folder(path).is_dir():
+        folder = path
+    else:
+        return None
+    return None if folder.exists() else folder
 
 
 def checked_checkpoint(path: PathLike, data_params: DataParams, model_params: ModelParams,

@@ -30,7 +30,7 @@ from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, NonFiniteLos
 from train.devices import DeviceSetup, check_fsdp_model, device_setup, is_rank_zero, sharded
 from train.precision import describe_precision, precision_plugin, resolve_precision
 from train.resumable_loader import ResumableTrainLoader
-from train.resume import checked_checkpoint, run_identity
+from train.resume import checked_checkpoint, run_identity, unfinished_run_folder
 from train.run_folder import save_run
 from train.runs import format_value
 from train.save_dir import check_save_dir, partial_folder, release
@@ -95,6 +95,9 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
         all_callbacks.append(eval_callback)
     save_folder = None
     if getattr(args, "save", False):
+        finishing = unfinished_run_folder(args.resume) if getattr(args, "resume", None) else None
+        if finishing is not None:  # a killed run's .partial: finish into its folder, replacing its checkpoint
+            namer.finish_in(finishing)
         if is_rank_zero():
             # weights, and a checkpoint with the weights and AdamW's two moments: 4 copies of the parameters
             check_save_dir(Path(namer.save_folder_name()).parent, need_bytes=16 * lm.n_parameters() + 2 ** 24)
@@ -154,7 +157,7 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
     if diverged:
     if eval_callback is not None:
         final.update(eval_callback.last)
-        print(divergence_message(nonfinite, tp), flush=True)
+        print(divergence_message(nonfinite, tp, checkpoint if save_folder is not None else None), flush=True)
 
     save_error = None
     if save_folder is not None:
@@ -171,15 +174,23 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
             "timestamp": namer.timestamp, "train_stats": train_stats, "final": final}
 
 
-def divergence_message(nonfinite: NonFiniteLoss, tp: TrainParams) -> str:
+def divergence_message(nonfinite: NonFiniteLoss, tp: TrainParams, checkpoint: Optional[LastCheckpoint] = None) -> str:
+    """What diverged and what to try; with the run's checkpoint (when saving), which weights it kept."""
     if nonfinite.diverged:
         what = (f"the training loss became {nonfinite.value} at step {nonfinite.diverged_at_step} and stayed "
                 f"non-finite for {nonfinite.patience} batches in a row")
         what += ": training stopped there" if tp.stop_on_nonfinite else " (stop_on_nonfinite=False: training went on)"
     else:
         what = "the final validation loss is not finite"
+    kept = ""
+    if checkpoint is not None and checkpoint.path.is_file():
+        step = f"of step {checkpoint.saved_at_step}" if checkpoint.saved_at_step is not None else "resumed from"
+        kept = f" The checkpoint {checkpoint.path} keeps the weights {step}, before the divergence."
+    elif checkpoint is not None:
+        kept = (" It diverged before its first checkpoint was written, so no weights from before the divergence "
+                "were kept: the saved weights are the diverged ones.")
     return (f"diverged: {what}. Try a lower lr (now {tp.lr:g}), gradient clipping (grad_clip, now {tp.grad_clip}) "
-            f"or a longer warmup (warmup_steps, now {tp.warmup_steps}).")
+            f"or a longer warmup (warmup_steps, now {tp.warmup_steps}).{kept}")
 
 
 def save_or_rescue(folder: Path, *run: Any) -> "tuple[Path, Optional[str]]":

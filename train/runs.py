@@ -108,6 +108,11 @@ class Namer:
         self._claimed = True
         return self.save_folder_name()
 
+    def finish_in(self, folder: PathLike) -> None:
+        """Save into `folder`, the run folder of a killed run that this one resumes (its `{folder}.partial`
+        already holds the checkpoint): the timestamp becomes that folder's, and nothing new is claimed."""
+        self._save_folder, self.timestamp, self._claimed = str(folder), Path(folder).name, True
+
     @classmethod
     def _new_timestamp(cls) -> str:
         return cls._claim_timestamp(datetime.now().strftime(TIMESTAMP_FORMAT))
