@@ -25,7 +25,8 @@ from model.lm import LM
 from run_comparison import compare_records, record_of_folder, select_run_folders
 from train import figures
 from train.figures import ATTENTIONS_DIR, METRICS_DIR, finish_figure, pyplot
-from train.run_folder import DamagedRunError, file_sha256, load_run, read_final, run_folder_problem, weights_hash_problem
+from train.run_folder import (DamagedRunError, file_sha256, load_run, read_final, run_folder_problem,
+                              weights_hash_problem)
 from train.runs import find_run_folder, run_folders, save_root  # noqa: F401 (find_run_folder: part of the API)
 from train.train_stats import TrainStats
 
