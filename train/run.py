@@ -152,11 +152,11 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
                  samples=lm_trainer.n_samples_trained,
                  epochs_completed=lm_trainer.n_batches_trained // max(1, len(train_loader)),  # whole epochs only
                  elapsed_s=lm_trainer.elapsed_s(), tokens_per_s=lm_trainer.throughput.mean_tokens_per_s())
+    if eval_callback is not None:
+        final.update(eval_callback.last)
     train_stats = lm_trainer.train_stats  # flushes the last values to wandb too
     print_final(final)
     if diverged:
-    if eval_callback is not None:
-        final.update(eval_callback.last)
         print(divergence_message(nonfinite, tp, checkpoint if save_folder is not None else None), flush=True)
 
     save_error = None
