@@ -244,9 +244,10 @@ class LM(nn.Module):
         """Continue `pref` (text or ids; "" starts from nothing) and return prefix + continuation.
 
         The model reads bos + pref (no second bos when pref's ids already start with it).
-        Generation stops at eos (not included) if stop_at_eos, when the returned sample reaches
-        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it), or
-        when the model's context (model_params.max_seq_len tokens read) is full: a sample never outgrows it.
+        Generation stops at eos (not included) if stop_at_eos, or when the returned sample reaches
+        `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it). A sample
+        may outgrow the model's context (model_params.max_seq_len): from there each new token is predicted
+        from the last context-long window, read afresh (as nanoGPT's generate crops), one forward per token.
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
         stop_at_eos=None: False for a model of stream-mode text, whose <eos> is a line end (so a bare

@@ -97,15 +97,15 @@ def test_batched_sampling_equals_one_by_one(tok, arch):
     assert lm.sample(tok("ab"), temperature=0) == lm.sample("ab", temperature=0)  # a list of ints is one prompt
 
 
-def test_batched_sampling_near_the_context_limit(tok):
-    """Padding a short prompt to a long one must not cost it tokens: such prompts go into separate batches."""
+def test_batched_sampling_past_the_context_limit(tok):
+    """Padding a short prompt to a long one must not cost it tokens: each row slides over its own tokens."""
     lm = make_lm(tok, layer_architecture="custom-transformer")
     with torch.no_grad():
-        lm.out_proj.weight[tok.eos_id] = -10.0  # eos never wins: samples run to the context
+        lm.out_proj.weight[tok.eos_id] = -10.0  # eos never wins: samples run to max_seq_len
     prompts = ["the quick brown fox", "a"]
-    out = lm.sample(prompts, max_seq_len=1000, temperature=0, as_str=False)
-    assert [len(ids) for ids in out] == [24, 24]
-    assert out == [lm.sample(p, max_seq_len=1000, temperature=0, as_str=False) for p in prompts]
+    out = lm.sample(prompts, max_seq_len=60, temperature=0, as_str=False)
+    assert [len(ids) for ids in out] == [60, 60]
+    assert out == [lm.sample(p, max_seq_len=60, temperature=0, as_str=False) for p in prompts]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

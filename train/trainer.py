@@ -213,7 +213,7 @@ class LMTrainer(L.LightningModule):
                 torch.no_grad(), torch.compiler.set_stance("force_eager"):
             for i in range(n):
                 temperature, kind = (0.0, "greedy") if i == 0 else (1.0, "sampled")
-                text = self.model.sample(pref=prompt, max_seq_len=len(prompt) + length, temperature=temperature,
+                text = self.model.sample(pref=prompt or "", max_seq_len=len(prompt) + length, temperature=temperature,
                                          as_str=True, seed=self.train_params.seed + i, stop_at_eos=bool(prompt))
                 out.append((kind, text))
         if prompt and expected and n:

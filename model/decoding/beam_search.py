@@ -12,6 +12,7 @@ Each step, for every prompt:
 Several prompts run as one batch of prompts x K rows; a prompt that is done leaves the batch.
 """
 import difflib
+import math
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -43,8 +44,10 @@ def check_beam_args(beam_size: int, n_best: int, length_penalty: float, unsuppor
     if n_best > beam_size:
         raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size}): beam search keeps beam_size "
                          f"hypotheses; raise beam_size or lower n_best")
-    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
-        raise ValueError(f"length_penalty must be a number (1.0 = average log-probability per token), got {length_penalty!r}")
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool) or \
+            not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number (1.0 = average log-probability per token), "
+                         f"got {length_penalty!r}")
 
 
 def beam_search(lm: nn.Module, pref: Any = "", beam_size: int = 4, max_seq_len: int = 100, length_penalty: float = 1.0,

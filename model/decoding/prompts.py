@@ -24,8 +24,10 @@ class Prompts:
 
 def is_prompt_list(pref: Any) -> bool:
     """True for a list of prompts (strings, id lists, 1-D tensors), False for one prompt (a list of ints too)."""
-    if not isinstance(pref, (list, tuple)) or len(pref) == 0:
+    if not isinstance(pref, (list, tuple)):
         return False
+    if len(pref) == 0:  # an empty list of prompts: an empty list of results ("" starts one from nothing)
+        return True
     is_prompt = [isinstance(p, (str, list, tuple)) or (isinstance(p, Tensor) and p.dim() > 0) for p in pref]
     if any(is_prompt) and not all(is_prompt):
         raise ValueError("pref mixes token ids with prompts: give one prompt (a string, or a list of ids) or a "
@@ -33,8 +35,13 @@ def is_prompt_list(pref: Any) -> bool:
     return all(is_prompt)
 
 
-def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int) -> Prompts:
-    """The prompts in `pref`, with the same input forms and checks as lm(x); ValueError on a bad one."""
+def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, past_the_context: bool = False) -> Prompts:
+    """The prompts in `pref`, with the same input forms and checks as lm(x); ValueError on a bad one.
+    Each may add tokens up to max_seq_len in all, and without past_the_context only as many as fit the
+    model's context (beam search)."""
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
+        raise ValueError(f"max_seq_len is the returned sample's length in tokens, prompt included: give an int "
+                         f">= 0, got {max_seq_len!r}")
     batched = is_prompt_list(pref)
     given = [prompt_ids(lm, p, i if batched else None) for i, p in enumerate(pref if batched else [pref])]
     bos, context_len = lm.tokenizer.bos_id, lm.model_params.max_seq_len
@@ -44,7 +51,8 @@ def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int) -> Prompts:
             which = f"prompt {i}: " if batched else ""
             raise ValueError(f"{which}prefix of {len(context)} tokens (bos included) is longer than the model's "
                              f"context ({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
-    n_new = [min(max_seq_len - len(ids), context_len - len(context) + 1) for ids, context in zip(given, contexts)]
+    n_new = [max_seq_len - len(ids) if past_the_context else min(max_seq_len - len(ids), context_len - len(context) + 1)
+             for ids, context in zip(given, contexts)]
     return Prompts(given, contexts, n_new, batched)
 
 

@@ -1,13 +1,13 @@
 """Sampling from an LM (LM.sample): choosing each next token (temperature, top-k, nucleus) and the
 cached generation loop, for one prompt or a batch of them."""
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from model.eval_mode import evaluating
 from model.decoding.cpu_speedups import cpu_decoding
-from model.decoding.prompts import fitting_groups, left_padded, read_prompts
+from model.decoding.prompts import left_padded, read_prompts
 from model.decoding.sample_text import render_sample
 
 
@@ -63,18 +63,27 @@ def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], tempera
              generators: Optional[List[torch.Generator]] = None, stop_at_eos: bool = True) -> List[List[int]]:
     """For each context (ids starting with bos) up to n_new[r] new tokens, stopping before eos (if stop_at_eos).
 
-    The contexts run as one batch, left-padded to the longest (see prompts.py; the caller makes sure the
-    padded batch fits the model's context). They are read once into a key/value cache; then each step
-    feeds only the newest token of each row. Rows that are done leave the batch.
+    The contexts run as one batch, left-padded to the longest (see prompts.py). They are read once into a
+    key/value cache; then each step feeds only the newest token of each row. Rows that are done leave the
+    batch. Once the cache holds the model's context, every further step reads each row's last context_len
+    tokens afresh (as nanoGPT's generate crops them): a sample may be longer than the context, at the
+    cost of one context-long forward per token from there.
     generators: one per row (seeded sampling that does not depend on the batch), or None for torch's global RNG.
     Runs as the model is (call under no_grad / eval mode, as LM.sample does)."""
     new: List[List[int]] = [[] for _ in contexts]
     rows = [r for r in range(len(contexts)) if n_new[r] > 0]  # the rows still generating, in batch order
     if not rows:
         return new
-    x, pad_left = left_padded([contexts[r] for r in rows], lm.tokenizer.pad_id, lm.device)
-    kv_cache = lm.new_kv_cache(len(rows), pad_left=pad_left)
-    logits = lm(x, kv_cache=kv_cache, logits_to_keep=1)[:, -1]
+    context_len = lm.model_params.max_seq_len
+
+    def read(row_ids: List[List[int]]) -> Tuple[Tensor, Any]:
+        """The next-token logits [rows, vocab] of each row's last context_len ids (left-padded into one batch),
+        and the cache that holds them."""
+        x, pad_left = left_padded([ids[-context_len:] for ids in row_ids], lm.tokenizer.pad_id, lm.device)
+        kv_cache = lm.new_kv_cache(len(row_ids), pad_left=pad_left)
+        return lm(x, kv_cache=kv_cache, logits_to_keep=1)[:, -1], kv_cache
+
+    logits, kv_cache = read([contexts[r] for r in rows])
     eos = lm.tokenizer.eos_id if stop_at_eos else None
     while True:
         row_generators = [generators[r] for r in rows] if generators is not None else None
@@ -92,7 +101,10 @@ def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], tempera
             keep = torch.tensor(going_on, device=x.device)
             kv_cache.reorder(keep)
             x, rows = x[keep], [rows[i] for i in going_on]
-        logits = lm(x, kv_cache=kv_cache)[:, -1]
+        if kv_cache.length < context_len:
+            logits = lm(x, kv_cache=kv_cache)[:, -1]
+        else:  # the context is full: read each row's last context_len tokens afresh (nanoGPT's crop)
+            logits, kv_cache = read([contexts[r] + new[r] for r in rows])
 
 
 def sample(lm: nn.Module, pref: Any = "", max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
@@ -101,18 +113,15 @@ def sample(lm: nn.Module, pref: Any = "", max_seq_len: int = 100, temperature: f
     """LM.sample (see its docstring): one prompt -> one sample; a list of prompts -> a list of samples,
     generated in batches, each the same as sampling its prompt alone with the same seed."""
     check_sampling_args(temperature, nucleus, top_k)
-    prompts = read_prompts(lm, pref, max_seq_len)
-    new: List[List[int]] = [[] for _ in prompts.contexts]
+    prompts = read_prompts(lm, pref, max_seq_len, past_the_context=True)
+    new: List[List[int]] = []
     # inference mode: less bookkeeping per op than no_grad; cpu_decoding: faster products on a CPU
     with evaluating(lm), cpu_decoding(lm, rows=len(prompts.contexts)), torch.inference_mode():
-        for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
-            generators = None
-            if seed is not None:  # one generator per row, all seeded alike: a row's sample does not depend on the batch
-                generators = [torch.Generator(device=lm.device).manual_seed(seed) for _ in group]
-            group_new = generate(lm, [prompts.contexts[i] for i in group], [prompts.n_new[i] for i in group],
-                                 temperature, nucleus, top_k, generators, stop_at_eos)
-            for i, ids in zip(group, group_new):
-                new[i] = ids
+        generators = None
+        if seed is not None:  # one generator per row, all seeded alike: a row's sample does not depend on the batch
+            generators = [torch.Generator(device=lm.device).manual_seed(seed) for _ in prompts.contexts]
+        if prompts.contexts:
+            new = generate(lm, prompts.contexts, prompts.n_new, temperature, nucleus, top_k, generators, stop_at_eos)
     samples = [given + ids for given, ids in zip(prompts.given, new)]
     if as_str:
         samples = [render_sample(lm.tokenizer, ids, lm.sample_mode) for ids in samples]

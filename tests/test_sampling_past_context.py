@@ -1,0 +1,86 @@
+"""Samples longer than the model's context (issue 26): sampling goes on past the context by reading the
+last context-long window afresh, equal to a plain loop that crops and recomputes (nanoGPT's generate);
+and the decoding argument errors of the same round."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_helpers import char_tokenizer, make_lm
+
+REPO = Path(__file__).resolve().parents[1]
+POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+def cropping_loop(lm, prompt_ids, length, temperature=0.0, seed=None):
+    """The plain way: the whole (cropped) sequence through lm at every step, no cache."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    ids = [lm.tokenizer.bos_id] + list(prompt_ids)
+    with torch.no_grad():
+        while len(ids) - 1 < length:
+            logits = lm(torch.tensor([ids[-lm.model_params.max_seq_len:]]))[0, -1]
+            if temperature == 0:
+                ids.append(int(logits.argmax()))
+            else:
+                probs = (logits.float() / temperature).softmax(-1)
+                ids.append(int(torch.multinomial(probs.unsqueeze(0), 1, generator=generator)))
+    return ids[1:]
+
+
+@pytest.mark.parametrize("positional_encoding", POSITIONS)
+def test_greedy_sample_past_the_context_equals_a_cropping_loop(tok, positional_encoding):
+    lm = make_lm(tok, max_seq_len=16, positional_encoding=positional_encoding, seed=1).eval()
+    got = lm.sample("abc", max_seq_len=45, temperature=0, as_str=False, stop_at_eos=False)
+    assert len(got) == 45  # max_seq_len is the sample's length, not "until the context is full"
+    assert got == cropping_loop(lm, tok("abc"), 45)
+
+
+@pytest.mark.parametrize("arch", ["custom-transformer", "torch-transformer", "lstm"])
+def test_seeded_and_batched_samples_past_the_context(tok, arch):
+    """Each prompt of a batch (different lengths) gives what it gives alone, and with a seed what the
+    cropping loop draws with that seed; on both transformer paths and a recurrent model."""
+    lm = make_lm(tok, max_seq_len=12, layer_architecture=arch, seed=2).eval()
+    prompts = ["a", "hello w", "bcd"]
+    alone = [lm.sample(p, max_seq_len=30, temperature=0.9, seed=5, as_str=False, stop_at_eos=False) for p in prompts]
+    assert lm.sample(prompts, max_seq_len=30, temperature=0.9, seed=5, as_str=False, stop_at_eos=False) == alone
+    assert alone[1] == cropping_loop(lm, tok("hello w"), 30, temperature=0.9, seed=5)
+
+
+def test_hooks_act_past_the_context(tok):
+    lm = make_lm(tok, max_seq_len=10, seed=3).eval()
+    steps = []
+    lm.sample("ab", max_seq_len=20, temperature=0, stop_at_eos=False,
+              hooks={"blocks.0.hook_resid_pre": lambda t, n: steps.append(t.shape[1])})
+    assert steps[:2] == [3, 1] and steps[-1] == 10  # prompt, one token per step, then the 10-token window
+
+
+def test_bad_decoding_arguments_are_refused(tok):
+    lm = make_lm(tok).eval()
+    with pytest.raises(ValueError, match="max_seq_len is the returned sample's length"):
+        lm.sample("ab", max_seq_len=-5)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        lm.beam_search("ab", max_seq_len=2.5)
+    assert lm.sample([]) == [] and lm.beam_search([]) == []  # an empty list of prompts
+    with pytest.raises(ValueError, match="length_penalty must be a finite number"):
+        lm.beam_search("ab", length_penalty=float("nan"))
+
+
+def test_input_checks_hold_under_python_O():
+    """`python -O` drops asserts: the input checks must not depend on them."""
+    code = ("import torch, pytest\n"
+            "from model_helpers import char_tokenizer, make_lm\n"
+            "lm = make_lm(char_tokenizer(), max_seq_len=32)\n"
+            "for x, words in ((torch.randint(10, (1, 300)), 'longer than the model'), (torch.tensor([[999]]), 'token ids')):\n"
+            "    with pytest.raises(ValueError, match=words):\n"
+            "        lm(x)\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO / "tests", capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "ok", out.stderr
