@@ -2,6 +2,7 @@
 
     git worktree add /tmp/base 2db900c
     .venv/bin/python bench/bench_vs_base.py --base /tmp/base [--repeats 2] [--steps 600]
+        [--config shakespeare-char] [--set batch_size=12 --set 'precision="32"']   (--steps 0: steady state only)
 
 Two measurements of the shakespeare-char model (4 layers, 4 heads, dim 128, context 64) at batch 12,
 each run once per tree per repeat, taking turns to go first:
@@ -27,13 +28,16 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-MAIN_ARGS = ["main.py", "--config=shakespeare-char", "--no-wandb", "--set", "batch_size=12"]
 
 
-def whole_process(tree: Path, steps: int) -> Dict[str, Any]:
+def main_args(config: str, sets: List[str]) -> List[str]:
+    return ["main.py", f"--config={config}", "--no-wandb", *[a for s in sets for a in ("--set", s)]]
+
+
+def whole_process(tree: Path, steps: int, config: str = "shakespeare-char", sets: List[str] = ()) -> Dict[str, Any]:
     """Run main.py in `tree`; wall time, peak RSS (MB), user and system CPU time, the final line."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, *MAIN_ARGS, "--set", f"max_steps={steps}"], cwd=tree,
+    process = subprocess.Popen([sys.executable, *main_args(config, list(sets)), "--set", f"max_steps={steps}"], cwd=tree,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -45,16 +49,17 @@ def whole_process(tree: Path, steps: int) -> Dict[str, Any]:
             "final": final[-1] if final else "?"}
 
 
-def steady_state(tree: Path, steps: int) -> Dict[str, Any]:
+def steady_state(tree: Path, steps: int, config: str = "shakespeare-char", sets: List[str] = ()) -> Dict[str, Any]:
     """Training tokens/s of `tree`'s code, measured in a fresh process (see `_steady_worker`)."""
-    out = subprocess.run([sys.executable, __file__, "--worker", str(tree), "--steps", str(steps)], cwd=tree,
+    out = subprocess.run([sys.executable, __file__, "--worker", str(tree), "--steps", str(steps), "--config", config,
+                          *[a for s in sets for a in ("--set", s)]], cwd=tree,
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"steady-state worker failed in {tree}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _steady_worker(tree: Path, steps: int) -> None:
+def _steady_worker(tree: Path, steps: int, config: str, sets: List[str]) -> None:
     sys.path.insert(0, str(tree))
     import warnings
     import resource
@@ -79,7 +84,7 @@ def _steady_worker(tree: Path, steps: int) -> None:
             self.times.append(time.perf_counter())
             self.tokens.append(int(batch["mask"][:, :-1].sum()))
 
-    run = load_runs("shakespeare-char", ["batch_size=12", f"max_steps={steps}"])[0]
+    run = load_runs(config, [*sets, f"max_steps={steps}"])[0]
     dp, mp, tp = run.params["DataParams"], run.params["ModelParams"], run.params["TrainParams"]
     import dataclasses
     dm = LMDataModule(dp, batch_size=tp.batch_size, seed=tp.seed)
@@ -107,10 +112,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="steps of the whole-process run (default: %(default)s)")
     parser.add_argument("--steady-steps", type=int, default=60, help="steps of the steady-state run (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each tree, alternating (default: %(default)s)")
+    parser.add_argument("--config", default="shakespeare-char", help="the config both trees train (default: %(default)s)")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="overrides for both trees, e.g. --set 'precision=\"32\"' (default: batch_size=12)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sets = args.set if args.set is not None else ["batch_size=12"]
     if args.worker:
-        _steady_worker(args.worker, args.steps)
+        _steady_worker(args.worker, args.steps, args.config, sets)
         return
     if args.base is None:
         parser.error("--base PATH is required (e.g. git worktree add /tmp/base 2db900c)")
@@ -119,16 +128,17 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = list(trees) if repeat % 2 == 0 else list(trees)[::-1]
         for name in order:
-            steady = steady_state(trees[name], args.steady_steps)
+            steady = steady_state(trees[name], args.steady_steps, args.config, sets)
             results[name]["steady"].append(steady)
             print(f"  {name} steady: {steady['tokens_per_s']:,.0f} tokens/s ({steady['threads']} threads)", flush=True)
-        for name in order:
-            whole = whole_process(trees[name], args.steps)
+        for name in order if args.steps else []:
+            whole = whole_process(trees[name], args.steps, args.config, sets)
             results[name]["whole"].append(whole)
             print(f"  {name} whole: {whole['wall_s']:.1f} s wall, user {whole['user_s']:.1f} s, sys {whole['sys_s']:.1f} s, "
                   f"peak {whole['peak_mb']:.0f} MB | {whole['final']}", flush=True)
     best = {name: {"steady": max(r["steady"], key=lambda r: r["tokens_per_s"]),
-                   "whole": min(r["whole"], key=lambda r: r["wall_s"])} for name, r in results.items()}
+                   "whole": min(r["whole"], key=lambda r: r["wall_s"]) if r["whole"] else None}
+            for name, r in results.items()}
     b, t = best["base"], best["this"]
     print(f"\nbase: {trees['base']}; {args.repeats} repeats, best of each; load average before: {os.getloadavg()[0]:.1f}\n")
     print("| measurement | base | this checkout | this / base |")
@@ -138,6 +148,8 @@ def main() -> None:
     medians = {name: statistics.median(r["tokens_per_s"] for r in results[name]["steady"]) for name in trees}
     print(f"| steady-state training tokens/s, median | {medians['base']:,.0f} | {medians['this']:,.0f} "
           f"| {medians['this'] / medians['base']:.2f}x |")
+    if not args.steps:
+        return
     print(f"| {args.steps}-step run, wall s (speed-up = base / this) | {b['whole']['wall_s']:.1f} | {t['whole']['wall_s']:.1f} "
           f"| {b['whole']['wall_s'] / t['whole']['wall_s']:.2f}x faster |")
     for key, label in (("user_s", "user CPU s"), ("sys_s", "system CPU s"), ("peak_mb", "peak RSS MB")):
