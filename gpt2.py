@@ -19,18 +19,13 @@ block k). HF's last hidden state has ln_f applied; ours is the residual stream a
 block, so `lm.decoder.final_norm(embeddings[:, -1])` equals HF's `hidden_states[-1]`.
 """
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-import torch
 
 from data.data_path import find_data_path
 from data.tokenizer import Tokenizer
 from hf_families import gpt2 as gpt2_family
-from hf_families.gpt2 import ACTIVATIONS  # noqa: F401  (re-exported: transformers' names -> ours)
-from hf_families.mapping import load_converted_weights as _load_converted_weights
-from hf_families.mapping import to_our_weights
 from model.lm import LM
-from model.model_params import ModelParams
 from pretrained import checkpoint_name, convert, get_pretrained, has_tokenizer_files, load_config, looks_like_local_path
 
 if TYPE_CHECKING:
@@ -59,24 +54,6 @@ def check_gpt2_config(config: "GPT2Config", name: str = "the checkpoint") -> Non
                          f"GPT-2-family models (gpt2, gpt2-medium/large/xl, distilgpt2, GPT-2 fine-tunes); "
                          f"pretrained.get_pretrained converts other families")
     gpt2_family.model_params(config)
-
-
-def model_params_from_gpt2_config(config: "GPT2Config") -> ModelParams:
-    """Our ModelParams describing exactly GPT-2's architecture (dropout 0: for inference)."""
-    return gpt2_family.model_params(config)
-
-
-def gpt2_state_dict_to_lm(hf_state: Dict[str, torch.Tensor], n_layers: int,
-                          tie_embeddings: bool = True) -> Dict[str, torch.Tensor]:
-    """Rename (and transpose) a GPT2LMHeadModel state dict into our LM's names, float32.
-    Every HF tensor must be used exactly once: leftovers are an error, not silently dropped."""
-    params = ModelParams(n_layers=n_layers, tie_embeddings=tie_embeddings)
-    return to_our_weights(hf_state, gpt2_family.rules(None, params), {}, "GPT-2")
-
-
-def load_converted_weights(lm: LM, weights: Dict[str, torch.Tensor]) -> None:
-    """Copy `weights` into `lm`, checking every name, shape, and that every LM tensor gets a value."""
-    _load_converted_weights(lm, weights, "GPT-2")
 
 
 def find_tokenizer_source(name_or_path: Union[str, Path],

@@ -16,8 +16,10 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
 
 from data.tokenizer import Tokenizer
-from gpt2 import (check_gpt2_config, convert_gpt2, find_tokenizer_source, get_gpt2, gpt2_state_dict_to_lm,
-                  load_converted_weights, model_params_from_gpt2_config)
+from gpt2 import check_gpt2_config, convert_gpt2, find_tokenizer_source, get_gpt2
+from hf_families import gpt2 as gpt2_family
+from hf_families.mapping import load_converted_weights as load_weights, to_our_weights
+from model.model_params import ModelParams
 from model.lm import LM
 
 EOS = 50256
@@ -74,7 +76,7 @@ def test_model_params_describe_gpt2(lm_gpt2):
     assert (mp.max_seq_len, mp.tie_embeddings, mp.bias, mp.dropout, mp.layer_norm_eps) == (128, True, True, 0.0, 1e-5)
     assert lm_gpt2.out_proj.weight is lm_gpt2.embedding.weight
     assert lm_gpt2.n_tokens == 50257 and not lm_gpt2.training
-    other = model_params_from_gpt2_config(GPT2Config(n_inner=100, activation_function="relu", layer_norm_epsilon=1e-6))
+    other = gpt2_family.model_params(GPT2Config(n_inner=100, activation_function="relu", layer_norm_epsilon=1e-6))
     assert (other.dim_ff, other.activation, other.layer_norm_eps) == (100, "relu", 1e-6)
 
 
@@ -217,6 +219,11 @@ def test_hub_original_layout_loads(tmp_path):
         torch.testing.assert_close(lm(x), hf(x).logits, atol=1e-4, rtol=0)
 
 
+def gpt2_state_dict_to_lm(hf_state, n_layers):
+    """A GPT2LMHeadModel state dict renamed (and transposed) into our LM's names, as pretrained.py converts."""
+    return to_our_weights(hf_state, gpt2_family.rules(None, ModelParams(n_layers=n_layers)), {}, "GPT-2")
+
+
 def test_conversion_checks_every_tensor(tmp_path):
     hf = random_gpt2(n_layer=1, n_embd=16)
     tokenizer = Tokenizer.gpt2(str(tokenizer_folder()))
@@ -226,11 +233,11 @@ def test_conversion_checks_every_tensor(tmp_path):
     with pytest.raises(KeyError, match="h.1.ln_1.weight"):
         gpt2_state_dict_to_lm(state, n_layers=2)
     weights = gpt2_state_dict_to_lm(state, n_layers=1)
-    lm = LM(model_params_from_gpt2_config(hf.config), tokenizer)
+    lm = LM(gpt2_family.model_params(hf.config), tokenizer)
     with pytest.raises(ValueError, match=r"left unfilled: \['decoder.layers.0.linear1.bias'\]"):
-        load_converted_weights(lm, {k: v for k, v in weights.items() if k != "decoder.layers.0.linear1.bias"})
+        load_weights(lm, {k: v for k, v in weights.items() if k != "decoder.layers.0.linear1.bias"}, "GPT-2")
     with pytest.raises(ValueError, match="shape mismatches"):
-        load_converted_weights(lm, {**weights, "pos_embedding.weight": torch.zeros(3, 16)})
+        load_weights(lm, {**weights, "pos_embedding.weight": torch.zeros(3, 16)}, "GPT-2")
     small_vocab = random_gpt2(n_layer=1, n_embd=16, vocab_size=1000)
     with pytest.raises(ValueError, match="tokenizer has 50257 tokens but the checkpoint's vocabulary has 1000"):
         convert_gpt2(small_vocab, tokenizer)

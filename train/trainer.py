@@ -220,10 +220,6 @@ class LMTrainer(L.LightningModule):
             out.append(("expected", tok.decode(prompt + expected)))
         return out
 
-    def sample_lines(self) -> List[str]:
-        """The printed form of `samples()`."""
-        return [format_sample(kind, text, self.model.sample_mode) for kind, text in self.samples()]
-
     # ---- optimizer -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Dict[str, Any]:
         tp = self.train_params
