@@ -98,7 +98,7 @@ def test_unsupported_or_broken_checkpoints_fail_clearly(tmp_path, gpt2_folder):
 
 @pytest.fixture(scope="module")
 def gpt2_shaped_run(tmp_path_factory) -> Path:
-    """A GPT-2-shaped run (learned positions, layernorm, gelu; the fast torch layer) trained a few steps on PTB."""
+    """A GPT-2-shaped run (learned positions, layernorm, gelu; the default editable layer) trained a few steps on PTB."""
     save_dir = tmp_path_factory.mktemp("saved")
     args = build_arg_parser().parse_args(["--config=export", "--no-wandb", "--save", f"--save-dir={save_dir}"])
     namer = Namer(DataParams(dataset_name="ptb", max_seq_len=32, max_train_samples=64, max_eval_samples=16),
