@@ -14,7 +14,7 @@ pad_id), "mask" (True on real tokens) and, for synthetic tasks with loss_on_targ
 "target_mask" (True on the tokens that count as targets).
 """
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import lightning
 import numpy as np
@@ -49,13 +49,17 @@ class LMDataModule(lightning.LightningDataModule):
 
     tokenizer: None trains (or loads from the cache) the one DataParams asks for; pass one to
         reuse it (e.g. a saved run's). seed: the order in which the training samples are shuffled.
+    extra_tokens: special tokens a new tokenizer gets after its trained vocabulary (an objective's:
+        data.tokenizer.OBJECTIVE_TOKENS[objective]); a given tokenizer must already have them.
     Attributes: tokenizer, val_names (e.g. ["main", "long"]), sample_mode ("stream", "lines" or
     "synthetic"), datasets ({"train", "val:<name>", "test"} -> TokenWindows or TokenSamples), data_params.
     """
 
     def __init__(self, data_params: DataParams, batch_size: int = 32, tokenizer: Optional[Tokenizer] = None,
-                 data_path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None, seed: int = 0):
+                 data_path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None, seed: int = 0,
+                 extra_tokens: Sequence[str] = ()):
         super().__init__()
+        self.extra_tokens = tuple(extra_tokens)
         p = self.data_params = data_params
         self.batch_size, self.seed = batch_size, seed
         self.cache_dir = resolve_cache_dir(cache_dir)
@@ -82,6 +86,10 @@ class LMDataModule(lightning.LightningDataModule):
             train_lines = ([prompt + target for samples in distinct.values() for prompt, target in samples]
                            if task.synthetic else splits["train"])
             tokenizer = self._make_tokenizer(train_lines)
+        missing = [t for t in self.extra_tokens if tokenizer.hf.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"the given tokenizer lacks the special tokens {missing} this objective needs: "
+                             f"train a new one (pass no tokenizer) or add them with tokenizer.hf.add_special_tokens")
         self.tokenizer = tokenizer
         ids = cached_token_files(texts, self.tokenizer, p.dataset_name, self.cache_dir)
         self.datasets: Dict[str, Union[TokenWindows, TokenSamples]] = {}
@@ -126,11 +134,18 @@ class LMDataModule(lightning.LightningDataModule):
     def _make_tokenizer(self, train_lines: List[str]) -> Tokenizer:
         p, kind = self.data_params, self.tokenizer_kind
         if kind not in ("char", "word", "bpe"):
-            return pretrained_tokenizer(kind, self.data_path)
+            tokenizer = pretrained_tokenizer(kind, self.data_path)
+            added = [t for t in self.extra_tokens if tokenizer.hf.token_to_id(t) is None]
+            if added:  # appended after the checkpoint's ids, which stay as they are
+                tokenizer.hf.add_special_tokens(added)
+                tokenizer = Tokenizer(tokenizer.hf, tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id)
+            return tokenizer
         settings = dict(kind=kind, vocab_size=p.vocab_size, min_count=p.min_count, lowercase=p.lowercase,
                         tokenizers_version=tokenizers.__version__)
+        if self.extra_tokens:  # causal runs keep today's cache entries
+            settings["extra_tokens"] = list(self.extra_tokens)
         return cached_tokenizer(
-            lambda: Tokenizer.train(kind, train_lines, p.vocab_size, p.min_count, p.lowercase),
+            lambda: Tokenizer.train(kind, train_lines, p.vocab_size, p.min_count, p.lowercase, self.extra_tokens),
             {"train": train_lines}, settings, p.dataset_name, self.cache_dir)
 
     def _samples(self, ids: Dict[str, TokenFile], split: str) -> Union[TokenWindows, TokenSamples]:

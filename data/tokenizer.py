@@ -5,6 +5,7 @@
     tok.decode(ids)          -> "text"
     tok.tokens(ids)          -> ["tok", ...]   (token strings, for display)
     tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id
+    tok.mask_token, tok.mask_id  (None unless trained for objective "masked"), tok.fim_ids (objective "fim")
 
 BOS convention: encoding never adds tokens. There is a single separator token, `<eos>`
 (GPT-2: `<|endoftext|>`), that ends every line and also serves as BOS and padding
@@ -13,10 +14,14 @@ training saw it, put `tok.bos_id` in front: `LM.perplexities` and `LM.sample` do
 A pretrained checkpoint's tokenizer (pretrained.py) keeps the checkpoint's own ids instead
 (Llama: bos `<s>`, eos `</s>`) and may have a vocab_size larger than its tokens (a padded embedding).
 
+Objectives beyond next-token prediction need tokens of their own (OBJECTIVE_TOKENS): `<mask>` for
+"masked", `<fim_prefix>` `<fim_suffix>` `<fim_middle>` for "fim". `Tokenizer.train(..., extra_tokens=...)`
+appends them after the trained vocabulary, so every other id is the same as without them.
+
 Saved as one `tokenizer.json` (the `tokenizers` library's own format, no pickles).
 """
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -25,16 +30,21 @@ EOS = "<eos>"
 UNK = "<unk>"
 GPT2_EOS = "<|endoftext|>"
 KINDS = ("char", "word", "bpe", "gpt2")
+MASK = "<mask>"
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<fim_prefix>", "<fim_suffix>", "<fim_middle>"
+OBJECTIVE_TOKENS = {"causal": (), "prefix": (), "masked": (MASK,), "fim": (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
 
 
 class Tokenizer:
     """A thin wrapper over a `tokenizers.Tokenizer` with the special ids every model needs."""
 
     def __init__(self, hf_tokenizer: HFTokenizer, eos_id: Optional[int] = None, bos_id: Optional[int] = None,
-                 pad_id: Optional[int] = None, vocab_size: Optional[int] = None):
+                 pad_id: Optional[int] = None, vocab_size: Optional[int] = None, mask_token: Optional[str] = None):
         """eos_id, bos_id, pad_id: a pretrained checkpoint's own special ids (pretrained.py passes them);
         by default `<eos>` (or `<|endoftext|>`) is all three. vocab_size: the model's vocabulary when
-        it is larger than the tokenizer's (checkpoints often pad their embedding matrix)."""
+        it is larger than the tokenizer's (checkpoints often pad their embedding matrix).
+        mask_token: the masked LM's mask token (a checkpoint's, e.g. "[MASK]"); by default `<mask>` when
+        the tokenizer has it."""
         self.hf = hf_tokenizer
         if eos_id is None:
             eos = EOS if hf_tokenizer.token_to_id(EOS) is not None else GPT2_EOS
@@ -45,6 +55,12 @@ class Tokenizer:
         self.bos_id: int = self.eos_id if bos_id is None else bos_id
         self.pad_id: int = self.eos_id if pad_id is None else pad_id
         self.unk_id: Optional[int] = hf_tokenizer.token_to_id(UNK)
+        self.mask_token: Optional[str] = mask_token if mask_token is not None else (
+            MASK if hf_tokenizer.token_to_id(MASK) is not None else None)
+        self.mask_id: Optional[int] = hf_tokenizer.token_to_id(self.mask_token) if self.mask_token else None
+        # fill-in-the-middle: (<fim_prefix>, <fim_suffix>, <fim_middle>) ids, or None without them
+        fim = [hf_tokenizer.token_to_id(t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
+        self.fim_ids: Optional[Tuple[int, int, int]] = None if None in fim else (fim[0], fim[1], fim[2])
         # one past the largest id, so an embedding of this size can hold every id even if the
         # vocabulary has holes (a tokenizer.json written elsewhere may have them)
         own_size = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
@@ -58,8 +74,9 @@ class Tokenizer:
     # ---- building -------------------------------------------------------------------
     @classmethod
     def train(cls, kind: str, texts: Iterable[str], vocab_size: int = 10000, min_count: int = 1,
-              lowercase: bool = False) -> "Tokenizer":
-        """Train a char, word or bpe tokenizer on `texts` (the training split)."""
+              lowercase: bool = False, extra_tokens: Sequence[str] = ()) -> "Tokenizer":
+        """Train a char, word or bpe tokenizer on `texts` (the training split). extra_tokens: special
+        tokens appended after the trained ones (an objective's, OBJECTIVE_TOKENS), never split."""
         if kind == "char":
             tok = HFTokenizer(models.WordLevel(unk_token=UNK))
             tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -86,6 +103,8 @@ class Tokenizer:
         if lowercase:
             tok.normalizer = normalizers.Lowercase()
         tok.train_from_iterator(texts, trainer=trainer)
+        if extra_tokens:
+            tok.add_special_tokens(list(extra_tokens))
         return cls(tok)
 
     @classmethod
@@ -128,4 +147,6 @@ class Tokenizer:
         return self.vocab_size
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size}, eos/bos/pad={self.eos_id}, unk={self.unk_id})"
+        extra = f", mask={self.mask_id}" if self.mask_id is not None else ""
+        extra += f", fim={self.fim_ids}" if self.fim_ids is not None else ""
+        return f"Tokenizer(vocab_size={self.vocab_size}, eos/bos/pad={self.eos_id}, unk={self.unk_id}{extra})"

@@ -1,10 +1,15 @@
-"""LM: a decoder-only language model, the object you train, sample from and inspect.
+"""LM: a transformer (or recurrent) language model, the object you train, sample from and inspect.
 
     lm = LM(model_params, tokenizer)
     logits = lm("some text")                               # [1, seq, vocab]
     out = lm(x, get_embeddings=True, get_attn=True)        # {"logits", "embeddings", "attns"}
     lm.sample(pref="The", max_seq_len=50, temperature=0.8)
     mean_ppl, max_ppl, min_ppl, n_tokens, per_token = lm.perplexities(["a text", "another"])
+    lm.fill_mask("the <mask> sat")                        # objective "masked"
+    lm.infill("def f(", "):\n    return x")              # objective "fim"
+
+model_params.objective (model/objectives.py) decides how it reads and learns: "causal" and "fim" read
+causally, "prefix" both ways over a prefix (lm(x, prefix_len=k)), "masked" both ways everywhere.
 
 Names that edits rely on: `lm.decoder` (the Transformer, or for layer_architecture "lstm", "gru" or
 "rnn" the RecurrentDecoder of model/recurrent.py; `lm.decoder.layers` are its blocks / recurrent layers),
@@ -23,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data.tokenizer import Tokenizer
+from data.tokenizer import OBJECTIVE_TOKENS, Tokenizer
 from model.decoding.beam_search import beam_search
 from model.decoding.kv_cache import KVCache
+from model.decoding.masked import fill_mask
 from model.decoding.perplexity import perplexities
 from model.decoding.sample_text import check_sample_mode, resolve_stop_at_eos
 from model.decoding.sampling import sample
@@ -33,13 +39,23 @@ from model.hook_point import HookPoint
 from model.hooks import Hooks, NameFilter, hook_names, hooks_attached, run_with_cache, run_with_hooks
 from model.model_checks import check_model_params
 from model.model_params import ModelParams
+from model.objectives import fim_prompt, fim_rearranged, masked_inputs, prefix_lengths
 from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, RecurrentState, is_recurrent
 from model.transformer.parts import ff_width, make_dropout, sinusoidal_positions
-from model.transformer.torch_f_multi_head_attention_forward import SelfAttention, token_positions
+from model.transformer.torch_f_multi_head_attention_forward import SelfAttention, hidden_keys, token_positions
 from model.transformer.transformer import Transformer
 
 InputIds = Union[str, Sequence[int], Sequence[Sequence[int]], Tensor]
 DecoderCache = Union[KVCache, RecurrentState]  # what lm.new_kv_cache() gives for this model's decoder
+
+
+def check_objective_tokens(objective: str, tokenizer: Tokenizer) -> None:
+    """The special tokens the objective needs are in the tokenizer (a ValueError saying how to get them)."""
+    missing = {"masked": tokenizer.mask_id is None, "fim": tokenizer.fim_ids is None}.get(objective, False)
+    if missing:
+        raise ValueError(f"objective={objective!r} needs the tokenizer's {' '.join(OBJECTIVE_TOKENS[objective])}: "
+                         f"train one with Tokenizer.train(..., extra_tokens=OBJECTIVE_TOKENS[{objective!r}]) "
+                         f"(data.tokenizer; the training run does this by itself)")
 
 
 class LM(nn.Module):
@@ -48,6 +64,7 @@ class LM(nn.Module):
         known); it decides how text samples show <eos> and whether sampling stops there (model/sample_text.py)."""
         super().__init__()
         check_model_params(model_params)
+        check_objective_tokens(model_params.objective, tokenizer)
         mp = self.model_params = model_params
         self.tokenizer = tokenizer
         self.sample_mode: Optional[str] = check_sample_mode(sample_mode)
@@ -100,10 +117,12 @@ class LM(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, x: InputIds, get_embeddings: bool = False, get_attn: bool = False,
-                kv_cache: Optional[DecoderCache] = None, logits_to_keep: int = 0) -> Union[Tensor, Dict[str, Tensor]]:
+                kv_cache: Optional[DecoderCache] = None, logits_to_keep: int = 0,
+                prefix_len: Union[None, int, Sequence[int], Tensor] = None,
+                attention_mask: Optional[Tensor] = None) -> Union[Tensor, Dict[str, Tensor]]:
         """Logits [batch, seq, vocab] for x: a string, a list of ids, a 1-D tensor (float tensors of
         whole numbers too, as torch.Tensor(ids) gives) or a [batch, seq] tensor (right-padded batches
-        need no mask: causal attention never lets a real token see the padding after it).
+        of a causal read need no mask: causal attention never lets a real token see the padding after it).
 
         get_embeddings / get_attn: return a dict with "logits" and
           "embeddings" [batch, n_layers + 1, seq, dim]: entry 0 is the input embedding (tokens +
@@ -114,6 +133,10 @@ class LM(nn.Module):
           a recurrent model's state); x are the next tokens (sampling).
         logits_to_keep: N > 0 computes the logits of the last N positions only, [batch, N, vocab] (as
           transformers' argument: sampling reads a prompt and needs the next token's logits alone).
+        prefix_len (objective "prefix"): the first prefix_len positions (bos included; an int, or one per
+          row) attend both ways, the rest causally; None reads causally.
+        attention_mask [batch, seq]: True / 1 on real tokens, False / 0 on padding that no query may see
+          (transformers' convention); a masked model (attention both ways) needs it for padded batches.
         """
         attn_requests = None  # per-batch information for the attention; set it after the input check below
         if logits_to_keep < 0:
@@ -134,7 +157,8 @@ class LM(nn.Module):
             if ids_ok:
                 raise
             raise ValueError(message) from None
-        h, embeddings, attns = self.decoder(h, attn_requests=attn_requests, kv_cache=kv_cache,
+        mask = self.hidden_keys(x, past, kv_cache, prefix_len, attention_mask)
+        h, embeddings, attns = self.decoder(h, mask=mask, attn_requests=attn_requests, kv_cache=kv_cache,
                                             get_embeddings=get_embeddings, get_attn=get_attn)
         logits = self.out_proj(h[:, -logits_to_keep:] if logits_to_keep else h)
         if not (get_embeddings or get_attn):
@@ -194,6 +218,33 @@ class LM(nn.Module):
                            f"from {lowest} to {highest}: encode text with lm.tokenizer")
         return True, ""
 
+    def hidden_keys(self, x: Tensor, past: int, kv_cache: Optional[DecoderCache], prefix_len: Any,
+                    attention_mask: Optional[Tensor]) -> Optional[Tensor]:
+        """The keys each query of x may not see, for every block (hidden_keys): causal for "causal" and
+        "fim", the prefix both ways for "prefix", nothing hidden but padding for "masked". None for a
+        recurrent model (it reads left to right)."""
+        objective = self.model_params.objective
+        if prefix_len is not None and objective != "prefix":
+            raise ValueError(f"prefix_len is for models trained with objective='prefix'; this one has "
+                             f"objective={objective!r}, which reads {'both ways' if objective == 'masked' else 'causally'}")
+        if is_recurrent(self.model_params):
+            return None
+        batch, seq = x.shape
+        if prefix_len is not None:
+            prefix_len = torch.as_tensor(prefix_len, device=x.device).long().reshape(-1)
+            if prefix_len.numel() not in (1, batch):
+                raise ValueError(f"prefix_len needs one length or one per row ({batch}), got {prefix_len.numel()}")
+            prefix_len = prefix_len.expand(batch)
+        if attention_mask is not None:
+            if kv_cache is not None:
+                raise ValueError("attention_mask with a kv_cache: give the cache the padding instead, "
+                                 "lm.new_kv_cache(batch_size, pad_left=...)")
+            if tuple(attention_mask.shape) != (batch, seq):
+                raise ValueError(f"attention_mask must have the input's shape {(batch, seq)}, got {tuple(attention_mask.shape)}")
+        pad_left = kv_cache.pad_left if kv_cache is not None else None
+        return hidden_keys(seq, past + seq, pad_left, x.device, causal=objective != "masked",
+                           prefix_len=prefix_len, attention_mask=attention_mask)
+
     def embed(self, x: Tensor, past: int = 0, pad_left: Optional[Tensor] = None) -> Tensor:
         """Token ids [batch, seq] at positions past..past+seq-1 -> input embeddings [batch, seq, dim].
         pad_left [batch] (left-padded rows, see KVCache): row r's positions start at its first real token.
@@ -214,18 +265,41 @@ class LM(nn.Module):
     def get_batch_xyz(self, batch: Dict[str, Tensor], loss_requests: Any = None) -> Tuple[Tensor, Tensor, Tensor]:
         """(x inputs [batch, seq], y targets [batch, seq] with -100 where no loss is taken, z logits of x).
 
-        y counts a target only where batch["mask"] (and batch["target_mask"], when present) is True.
+        The objective (model/objectives.py) makes x and y from the rows batch["x_indices"]: causal and fim
+        predict each next token, counted where batch["mask"] (and batch["target_mask"], when present) is
+        True; prefix counts only the tokens after the prefix (batch["prefix_len"] when given); masked
+        predicts the chosen tokens at their own positions. In training the masks, splits and fim
+        rearrangements are drawn afresh; in eval mode they are fixed per sample.
         loss_requests: whatever the caller passes for this batch (the trainer: see get_losses); the
         hook for editing the inputs but not the targets, right before the forward pass below.
         """
-        tokens = batch["x_indices"]
-        counted = batch["mask"].bool()
-        if batch.get("target_mask") is not None:
-            counted = counted & batch["target_mask"].bool()
+        mp, tok = self.model_params, self.tokenizer
+        tokens, real = batch["x_indices"], batch["mask"].bool()
+        counted = real if batch.get("target_mask") is None else real & batch["target_mask"].bool()
+        if mp.objective == "fim" and self.training:  # fim_rate of the rows rearranged, then trained causally
+            tokens, real = fim_rearranged(tokens, real, mp.fim_rate, tok.bos_id, tok.eos_id, tok.fim_ids,
+                                          max_width=mp.max_seq_len + 1)
+            counted = real
         x = tokens[:, :-1]
+        if mp.objective == "masked":  # the chosen tokens, predicted at their own positions from both sides
+            # each row without its last token (as x of a causal read): real where a later token is real
+            x, y = masked_inputs(x, real[:, 1:], counted[:, :-1], self.framing_ids(), tok.mask_id, self.n_tokens,
+                                 mp.mask_frac, fixed=not self.training)
+            return x, y, self(x, attention_mask=real[:, 1:])
         y = tokens[:, 1:].masked_fill(~counted[:, 1:], -100)
-        z = self(x)
+        prefix_len = None
+        if mp.objective == "prefix":  # the prefix is read both ways, so only the tokens after it count
+            prefix_len = batch.get("prefix_len")
+            if prefix_len is None:
+                prefix_len = prefix_lengths(real[:, :-1], batch.get("target_mask"), x, fixed=not self.training)
+            y = y.masked_fill(torch.arange(y.shape[1], device=y.device) < prefix_len.unsqueeze(1) - 1, -100)
+        z = self(x, prefix_len=prefix_len)
         return x, y, z
+
+    def framing_ids(self) -> List[int]:
+        """The ids that frame a text (bos, eos, padding): a masked model never masks nor scores them."""
+        tok = self.tokenizer
+        return sorted({tok.bos_id, tok.eos_id, tok.pad_id})
 
     def get_losses(self, batch: Dict[str, Tensor], train_params: Any = None,
                    loss_requests: Any = None) -> Tuple[Tensor, int]:
@@ -260,7 +334,9 @@ class LM(nn.Module):
         hooks: as in run_with_hooks, applied at every decoding step. With the cache, a step's hook
         tensors cover its new positions only (the whole prompt at the first step, then one token;
         several prompts are left-padded to one batch, so that first step includes the padding).
+        A prefix model (objective "prefix") reads bos + pref as its prefix, both ways, then continues causally.
         """
+        self.refuse_for_masked("sample")
         with self.hooks(hooks):
             return sample(self, pref, max_seq_len, temperature, nucleus, top_k, as_str, seed,
                           resolve_stop_at_eos(stop_at_eos, self.sample_mode))
@@ -279,11 +355,66 @@ class LM(nn.Module):
         favours longer hypotheses. Search stops once beam_size hypotheses have ended (early stopping).
         pref may be a list of prompts (as in `sample`): then a list of those results comes back.
         Text as in `sample` (stream mode: <eos> as a newline, seen only with stop_at_eos=False).
-        hooks: as in `sample` (the batch rows are then the beams).
+        hooks: as in `sample` (the batch rows are then the beams). A prefix model reads the prompt as its prefix.
         """
+        self.refuse_for_masked("beam_search")
         with self.hooks(hooks):
             return beam_search(self, pref, beam_size, max_seq_len, length_penalty, n_best, as_str, stop_at_eos,
                                **unsupported)
+
+    def refuse_for_masked(self, what: str) -> None:
+        if self.model_params.objective == "masked":
+            raise ValueError(f"lm.{what} continues a text left to right, but this model has objective='masked' "
+                             "(BERT-style: it predicts masked tokens from both sides): use lm.fill_mask(text with "
+                             f"{self.tokenizer.mask_token or '<mask>'} where the words are missing)")
+
+    def fill_mask(self, text_or_ids: Union[str, Sequence[int], List[Union[str, Sequence[int]]]],
+                  top_k: Optional[int] = None, as_str: bool = True) -> Any:
+        """Objective "masked": every mask token of the input predicted at once, in one forward pass.
+
+        text_or_ids: a text holding lm.tokenizer.mask_token (e.g. "the <mask> sat"), a list of ids holding
+        tokenizer.mask_id, or a list of those (a batch; a list of ints is ONE input). Each is read as
+        bos + its ids, as the training rows begin (`<eos> line`).
+        Returns the text (its ids, without the bos, when as_str=False) with each mask replaced by its most
+        likely token; with top_k=k instead a list, one per mask in order, of the k most likely
+        (token, probability) pairs, best first (token: its string when as_str, else its id).
+        A batch gives a list of those. Runs in eval mode under no_grad."""
+        if self.model_params.objective != "masked":
+            raise ValueError(f"fill_mask is for models trained with objective='masked'; this one has "
+                             f"objective={self.model_params.objective!r}: use lm.sample"
+                             + (" or lm.infill" if self.model_params.objective == "fim" else ""))
+        return fill_mask(self, text_or_ids, top_k, as_str)
+
+    def infill(self, prefix: Union[str, Sequence[int], List[Tuple[Any, Any]]], suffix: Union[str, Sequence[int]] = "",
+               max_seq_len: int = 100, temperature: float = 0.0, nucleus: Optional[float] = None,
+               top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
+               hooks: Optional[Hooks] = None) -> Any:
+        """Objective "fim": the middle between `prefix` and `suffix` (texts or id lists), sampled as
+        `sample` samples (temperature 0 = greedy, nucleus, top_k, seed, hooks) after
+        `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`. The middle ends where the model emits
+        <eos> (every fim training row ends its middle with one; not returned) or after max_seq_len tokens.
+        prefix may be a list of (prefix, suffix) pairs (then suffix is not given): a list of middles comes
+        back, sampled as one batch. Returns text when as_str, else the middle's ids."""
+        if self.model_params.objective != "fim" or self.tokenizer.fim_ids is None:
+            raise ValueError(f"infill needs a model trained with objective='fim' (its tokenizer holds <fim_prefix>, "
+                             f"<fim_suffix>, <fim_middle>); this one has objective={self.model_params.objective!r}")
+        batched = isinstance(prefix, list) and all(isinstance(p, tuple) and len(p) == 2 for p in prefix) and prefix
+        pairs = prefix if batched else [(prefix, suffix)]
+        as_ids = [(self.as_ids(p), self.as_ids(s)) for p, s in pairs]
+        prompts = [fim_prompt(p, s, self.tokenizer.fim_ids) for p, s in as_ids]
+        with self.hooks(hooks):
+            out = sample(self, prompts, 0, temperature, nucleus, top_k, as_str=False, seed=seed, stop_at_eos=True,
+                         max_new_tokens=max_seq_len)
+        middles = [ids[len(p):] for ids, p in zip(out, prompts)]
+        if as_str:
+            middles = [self.tokenizer.decode(m) for m in middles]
+        return middles if batched else middles[0]
+
+    def as_ids(self, text_or_ids: Union[str, Sequence[int], Tensor]) -> List[int]:
+        """A text's ids (encoded with lm.tokenizer, no bos) or a list / 1-D tensor of ids, as a list."""
+        if isinstance(text_or_ids, str):
+            return self.tokenizer(text_or_ids)
+        return [int(i) for i in (text_or_ids.tolist() if isinstance(text_or_ids, Tensor) else text_or_ids)]
 
     def new_kv_cache(self, batch_size: int = 1, pad_left: Union[None, Tensor, Sequence[int]] = None) -> DecoderCache:
         """An empty cache for `self(x, kv_cache=...)` with x of `batch_size` rows, from this model's decoder:
@@ -297,7 +428,7 @@ class LM(nn.Module):
         return self.decoder.new_cache(batch_size=batch_size, pad_left=pad_left)
 
     def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
-                     dummy_res: float = -1, batch_size: int = 32,
+                     dummy_res: float = -1, batch_size: int = 32, prefix_len: Optional[int] = None,
                      ) -> Tuple[float, float, float, int, Union[Tensor, list]]:
         """Perplexity on `data`: a list of texts (each read as bos + text, batched by batch_size) or a
         DataLoader of batches (dicts with x_indices, mask and optionally target_mask).
@@ -309,9 +440,15 @@ class LM(nn.Module):
              prediction counts; [] unless per_token.
         before_exp: cross-entropies (nats) instead of perplexities, everywhere.
         Runs in eval mode under no_grad (the previous mode is restored).
+        What is scored depends on the objective: causal and fim models every next token; a prefix model
+        the tokens after the prefix (texts: the first prefix_len text tokens, after bos, are the prefix;
+        None = 0, a causal read; a DataLoader: the fixed split of its validation loss); a masked model
+        gives the pseudo-perplexity (Salazar et al. 2020), each text token scored with itself masked and
+        the rest visible (per_token column i is then input token i itself, not token i + 1), one
+        forward per token, batch_size at a time.
         """
         return perplexities(self, data, per_token=per_token, before_exp=before_exp, dummy_res=dummy_res,
-                            batch_size=batch_size)
+                            batch_size=batch_size, prefix_len=prefix_len)
 
     # ---- looking inside: hook points (model/hooks.py lists the names and shapes) -----------
     def hook_names(self) -> List[str]:

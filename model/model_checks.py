@@ -2,6 +2,7 @@
 from typing import List
 
 from model.model_params import ModelParams
+from model.objectives import BIDIRECTIONAL, OBJECTIVES
 from model.recurrent import RECURRENT_ARCHITECTURES, is_recurrent
 from model.transformer.parts import ACTIVATIONS, NORMS
 from model.transformer.torch_f_multi_head_attention_forward import rotary_dims
@@ -30,6 +31,7 @@ def check_model_params(mp: ModelParams) -> None:
         problems.append(f"dropout must be in [0, 1), got {mp.dropout}")
     if not mp.layer_norm_eps > 0:  # also catches nan
         problems.append(f"layer_norm_eps must be > 0, got {mp.layer_norm_eps}")
+    problems += objective_problems(mp)
     for field, value, options in (("activation", mp.activation, ACTIVATIONS),
                                   ("positional_encoding", mp.positional_encoding, POSITIONAL_ENCODINGS),
                                   ("norm", mp.norm, NORMS),
@@ -39,6 +41,24 @@ def check_model_params(mp: ModelParams) -> None:
             problems.append(f"unknown {field} {value!r}: choose one of {', '.join(options)}")
     if problems:
         raise ValueError("invalid ModelParams:\n  " + "\n  ".join(problems))
+
+
+def objective_problems(mp: ModelParams) -> List[str]:
+    """Problems with objective, mask_frac and fim_rate (model/objectives.py)."""
+    if mp.objective not in OBJECTIVES:
+        return [f"unknown objective {mp.objective!r}: choose one of {', '.join(OBJECTIVES)}"]
+    problems = []
+    if mp.objective in BIDIRECTIONAL and is_recurrent(mp):
+        problems.append(f"objective={mp.objective!r} attends both ways, which a recurrent model "
+                        f"(layer_architecture={mp.layer_architecture!r}) cannot: it reads left to right. Use "
+                        f"objective 'causal' or 'fim' with it, or a transformer (layer_architecture='custom-transformer')")
+    if mp.objective == "masked" and not 0 < mp.mask_frac <= 1:
+        problems.append(f"mask_frac is the fraction of tokens chosen for the masked loss: give 0 < mask_frac <= 1, "
+                        f"got {mp.mask_frac}")
+    if mp.objective == "fim" and not 0 <= mp.fim_rate <= 1:
+        problems.append(f"fim_rate is the fraction of training samples rearranged for fill-in-the-middle: give "
+                        f"0 <= fim_rate <= 1, got {mp.fim_rate}")
+    return problems
 
 
 def transformer_option_problems(mp: ModelParams) -> List[str]:

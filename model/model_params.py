@@ -29,3 +29,6 @@ class ModelParams:
     tie_embeddings: bool = True  # share the input embedding with the output projection
     bias: bool = True  # biases in linear layers and LayerNorms (RMSNorm has none)
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    objective: str = "causal"  # what the model learns (model/objectives.py): "causal" (next token), "masked" (BERT's masked LM, attention both ways), "prefix" (prefix LM: both ways over a prefix, causal after it, loss after it) or "fim" (fill-in-the-middle, trained causally)
+    mask_frac: float = 0.15  # masked: fraction of each sample's tokens chosen for the loss (of those 80% become <mask>, 10% a random token, 10% stay)
+    fim_rate: float = 0.5  # fim: fraction of training samples rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle

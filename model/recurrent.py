@@ -104,7 +104,7 @@ class RecurrentDecoder(nn.Module):
         """An empty state, zeros in every layer (see lm.new_kv_cache)."""
         return RecurrentState(self.n_blocks, self.model_params.max_seq_len, batch_size, pad_left)
 
-    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[RecurrentState] = None,
+    def forward(self, x: Tensor, mask: Any = None, attn_requests: Any = None, kv_cache: Optional[RecurrentState] = None,
                 get_embeddings: bool = False, get_attn: bool = False,
                 ) -> Tuple[Tensor, Optional[List[Tensor]], Optional[List[Tensor]]]:
         """x [batch, seq, dim] (token embeddings) -> (hidden [batch, seq, dim] after the final norm,
@@ -112,7 +112,8 @@ class RecurrentDecoder(nn.Module):
 
         embeddings (when asked): n_layers + 1 tensors [batch, seq, dim]: x, then each layer's output
         (before its dropout; the last before final_norm). kv_cache: a RecurrentState to start from and
-        update (sampling). attn_requests is accepted and unused (no attention here)."""
+        update (sampling). mask and attn_requests are accepted and unused (no attention here: a recurrent
+        layer reads left to right)."""
         if get_attn:
             raise ValueError(f"attention does not exist in recurrent models (layer_architecture="
                              f"{self.model_params.layer_architecture!r}): ask for get_embeddings instead, "

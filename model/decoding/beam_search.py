@@ -82,7 +82,8 @@ def search(lm: nn.Module, contexts: List[List[int]], n_new: List[int], beam_size
     device, K = lm.device, beam_size
     x, pad_left = left_padded(contexts, lm.tokenizer.pad_id, device)
     kv_cache = lm.new_kv_cache(len(contexts), pad_left=pad_left)
-    logits = lm(x, kv_cache=kv_cache, logits_to_keep=1)[:, -1]
+    prefix_len = x.shape[1] if lm.model_params.objective == "prefix" else None  # the prompts, read both ways
+    logits = lm(x, kv_cache=kv_cache, logits_to_keep=1, prefix_len=prefix_len)[:, -1]
     rows = torch.arange(len(contexts), device=device).repeat_interleave(K)  # each prompt's row K times
     kv_cache.reorder(rows)
     logits = logits[rows]

@@ -35,10 +35,11 @@ def is_prompt_list(pref: Any) -> bool:
     return all(is_prompt)
 
 
-def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, past_the_context: bool = False) -> Prompts:
+def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, past_the_context: bool = False,
+                 max_new_tokens: Optional[int] = None) -> Prompts:
     """The prompts in `pref`, with the same input forms and checks as lm(x); ValueError on a bad one.
-    Each may add tokens up to max_seq_len in all, and without past_the_context only as many as fit the
-    model's context (beam search)."""
+    Each may add tokens up to max_seq_len in all (or max_new_tokens new ones, when given), and without
+    past_the_context only as many as fit the model's context (beam search)."""
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
         raise ValueError(f"max_seq_len is the returned sample's length in tokens, prompt included: give an int "
                          f">= 0, got {max_seq_len!r}")
@@ -51,6 +52,11 @@ def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, past_the_context: b
             which = f"prompt {i}: " if batched else ""
             raise ValueError(f"{which}prefix of {len(context)} tokens (bos included) is longer than the model's "
                              f"context ({context_len}): shorten it, e.g. pref[-{context_len - 1}:]")
+    if max_new_tokens is not None:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_seq_len (new tokens) must be an int >= 0, got {max_new_tokens!r}")
+        return Prompts(given, contexts, [max_new_tokens if past_the_context else
+                                         min(max_new_tokens, context_len - len(c) + 1) for c in contexts], batched)
     n_new = [max_seq_len - len(ids) if past_the_context else min(max_seq_len - len(ids), context_len - len(context) + 1)
              for ids, context in zip(given, contexts)]
     return Prompts(given, contexts, n_new, batched)

@@ -76,14 +76,18 @@ def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], tempera
         return new
     context_len = lm.model_params.max_seq_len
 
-    def read(row_ids: List[List[int]]) -> Tuple[Tensor, Any]:
+    def read(rows: List[int]) -> Tuple[Tensor, Any]:
         """The next-token logits [rows, vocab] of each row's last context_len ids (left-padded into one batch),
-        and the cache that holds them."""
-        x, pad_left = left_padded([ids[-context_len:] for ids in row_ids], lm.tokenizer.pad_id, lm.device)
-        kv_cache = lm.new_kv_cache(len(row_ids), pad_left=pad_left)
-        return lm(x, kv_cache=kv_cache, logits_to_keep=1)[:, -1], kv_cache
+        and the cache that holds them. A prefix model reads the prompt's part of each window as its prefix."""
+        windows = [(contexts[r] + new[r])[-context_len:] for r in rows]
+        x, pad_left = left_padded(windows, lm.tokenizer.pad_id, lm.device)
+        kv_cache = lm.new_kv_cache(len(rows), pad_left=pad_left)
+        prefix_len = None
+        if lm.model_params.objective == "prefix":  # padding + the window's tokens that are not new
+            prefix_len = [x.shape[1] - len(w) + max(0, len(w) - len(new[r])) for w, r in zip(windows, rows)]
+        return lm(x, kv_cache=kv_cache, logits_to_keep=1, prefix_len=prefix_len)[:, -1], kv_cache
 
-    logits, kv_cache = read([contexts[r] for r in rows])
+    logits, kv_cache = read(rows)
     eos = lm.tokenizer.eos_id if stop_at_eos else None
     while True:
         row_generators = [generators[r] for r in rows] if generators is not None else None
@@ -104,16 +108,17 @@ def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], tempera
         if kv_cache.length < context_len:
             logits = lm(x, kv_cache=kv_cache)[:, -1]
         else:  # the context is full: read each row's last context_len tokens afresh (nanoGPT's crop)
-            logits, kv_cache = read([contexts[r] + new[r] for r in rows])
+            logits, kv_cache = read(rows)
 
 
 def sample(lm: nn.Module, pref: Any = "", max_seq_len: int = 100, temperature: float = 1.0, nucleus: Optional[float] = None,
            top_k: Optional[int] = None, as_str: bool = True, seed: Optional[int] = None,
-           stop_at_eos: bool = True) -> Union[str, List[int], List[Union[str, List[int]]]]:
+           stop_at_eos: bool = True, max_new_tokens: Optional[int] = None) -> Union[str, List[int], List[Union[str, List[int]]]]:
     """LM.sample (see its docstring): one prompt -> one sample; a list of prompts -> a list of samples,
-    generated in batches, each the same as sampling its prompt alone with the same seed."""
+    generated in batches, each the same as sampling its prompt alone with the same seed.
+    max_new_tokens: at most that many new tokens for every prompt instead (max_seq_len is then not read)."""
     check_sampling_args(temperature, nucleus, top_k)
-    prompts = read_prompts(lm, pref, max_seq_len, past_the_context=True)
+    prompts = read_prompts(lm, pref, max_seq_len, past_the_context=True, max_new_tokens=max_new_tokens)
     new: List[List[int]] = []
     # inference mode: less bookkeeping per op than no_grad; cpu_decoding: faster products on a CPU
     with evaluating(lm), cpu_decoding(lm, rows=len(prompts.contexts)), torch.inference_mode():

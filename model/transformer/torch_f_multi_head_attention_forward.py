@@ -1,4 +1,4 @@
-"""Our multi-head causal self-attention, written out step by step: THE place to edit attention.
+"""Our multi-head self-attention, written out step by step: THE place to edit attention.
 
 Every attention computation of the default "custom-transformer" path runs through
 `SelfAttention.forward`: training, evaluation, sampling with a key/value cache, attention plots and
@@ -9,7 +9,8 @@ The weights have the names of `nn.MultiheadAttention`'s: in_proj_weight stacks t
 projections, [(n_heads + 2 * n_kv_heads) * head_dim, dim] (with n_kv_heads == n_heads exactly
 nn.MultiheadAttention's [3*dim, dim], so a model moves between the two paths as is), in_proj_bias,
 out_proj. The options of ModelParams act at marked lines: qk_norm (2b), rope (2c), grouped-query
-attention (3b), alibi (4b), left padding of batched prompts (5).
+attention (3b), alibi (4b); which keys a query sees (5) is `hidden_keys` below: causal, a prefix read
+both ways (objective "prefix"), no causal mask at all (objective "masked"), padding.
 
 To try an idea, change the scores right before the softmax (the line after "Edit the scores
 here"), using the static `self.model_params` (your ModelParams flag) or `attn_requests`, whatever
@@ -47,10 +48,12 @@ class SelfAttention(nn.Module):
         self.hook_attn_scores, self.hook_pattern = HookPoint("attn.hook_attn_scores"), HookPoint("attn.hook_pattern")
         self.hook_z = HookPoint("attn.hook_z")
 
-    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Any = None,
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, attn_requests: Any = None, kv_cache: Any = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (output [batch, seq, dim], attention weights [batch, heads, seq, keys] or None),
-        where keys = seq, or the earlier tokens + seq when a kv_cache (model/decoding/kv_cache.py) holds them."""
+        where keys = seq, or the earlier tokens + seq when a kv_cache (model/decoding/kv_cache.py) holds them.
+        mask: True where a query may not see a key, [seq, keys] or [batch, 1, seq, keys], or None (every key
+        is seen); LM.forward makes it once per forward with hidden_keys (below)."""
         model_params, n_heads, n_kv_heads, head_dim = self.model_params, self.n_heads, self.n_kv_heads, self.head_dim
         batch, seq, dim = x.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -90,11 +93,10 @@ class SelfAttention(nn.Module):
         if model_params.positional_encoding == "alibi":
             key_positions = token_positions(0, n_keys, pad_left, x.device)
             attn_output_weights = attn_output_weights + alibi_bias(n_heads, query_positions, key_positions)
-        # 5. mask: the query at position p (p = n_keys - seq + i for query row i) sees keys 0..p only, and
-        #    never a left-padding key (kv_cache.pad_left). Right-padded batches need nothing: no real token sees their padding.
-        hidden = hidden_keys(seq, n_keys, pad_left, x.device)  # [seq, n_keys] or [batch, 1, seq, n_keys], or None
-        if hidden is not None:
-            attn_output_weights = attn_output_weights.masked_fill(hidden, float("-inf"))
+        # 5. mask: causal, the query at position p (p = n_keys - seq + i for query row i) sees keys 0..p only
+        #    (and the whole prefix, objective "prefix"; every key, objective "masked"); never a padding key
+        if mask is not None:
+            attn_output_weights = attn_output_weights.masked_fill(mask, float("-inf"))
         # Edit the scores here (masked entries are -inf and must stay -inf, e.g. scale by a positive number).
         attn_output_weights = self.hook_attn_scores(attn_output_weights)
         attn_output_weights = softmax(attn_output_weights, dim=-1)
@@ -108,21 +110,35 @@ class SelfAttention(nn.Module):
 
 
 # ---- the mask: which keys a query may not see ---------------------------------------------------
-def hidden_keys(seq: int, n_keys: int, pad_left: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
-    """True where query row i (at key index n_keys - seq + i) may not see key j: [seq, n_keys], or
-    [batch, 1, seq, n_keys] with pad_left [batch]; None when nothing is hidden (one new token, no padding).
+def hidden_keys(seq: int, n_keys: int, pad_left: Optional[Tensor], device: torch.device, causal: bool = True,
+                prefix_len: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None) -> Optional[Tensor]:
+    """True where query row i (at key index n_keys - seq + i) may not see key j: [seq, n_keys] for a plain
+    causal read, else [batch, 1, seq, n_keys]; None when nothing is hidden (one new token, no padding; or
+    a bidirectional read without padding).
 
-    Causal: keys after the query. Padding (key j < pad_left[row]): hidden from every query but
-    itself, so a padding query's softmax stays finite and real tokens never read padding."""
-    if seq == 1 and pad_left is None:
+    causal: keys after the query are hidden, except the first prefix_len[row] keys ([batch]: a prefix LM's
+    prefix, which every query sees). causal=False (a masked LM): no key is hidden for where it is.
+    Padding: left (key j < pad_left[row], batched prompts) or marked (attention_mask [batch, n_keys], False on
+    padding): hidden from every query but itself, so a padding query's softmax stays finite. Right padding
+    of a causal read needs no mark: no real token comes after it."""
+    if not causal and pad_left is None and attention_mask is None:
         return None
-    query_index = torch.arange(n_keys - seq, n_keys, device=device).unsqueeze(1)
-    key_index = torch.arange(n_keys, device=device).unsqueeze(0)
-    hidden = key_index > query_index
+    if seq == 1 and causal and pad_left is None and prefix_len is None and attention_mask is None:
+        return None
+    query_index = torch.arange(n_keys - seq, n_keys, device=device).unsqueeze(1)  # [seq, 1]
+    key_index = torch.arange(n_keys, device=device).unsqueeze(0)  # [1, n_keys]
+    hidden = key_index > query_index if causal else torch.zeros(seq, n_keys, dtype=torch.bool, device=device)
+    if prefix_len is None and pad_left is None and attention_mask is None:
+        return hidden
+    if prefix_len is not None:  # [batch, seq, n_keys]: the prefix is seen from everywhere
+        hidden = hidden & (key_index >= prefix_len.to(device).view(-1, 1, 1))
+    padding = torch.zeros(1, 1, n_keys, dtype=torch.bool, device=device)
     if pad_left is not None:
-        padding = key_index < pad_left.to(device).view(-1, 1, 1)  # [batch, 1, n_keys]
-        hidden = (hidden | (padding & (key_index != query_index))).unsqueeze(1)
-    return hidden
+        padding = padding | (key_index < pad_left.to(device).view(-1, 1, 1))  # [batch, 1, n_keys]
+    if attention_mask is not None:
+        padding = padding | ~attention_mask.to(device=device, dtype=torch.bool).unsqueeze(1)
+    hidden = hidden | (padding & (key_index != query_index))
+    return hidden.unsqueeze(1)
 
 
 # ---- positions: rope and alibi act here; learned and sinusoidal ones are added in LM.embed ----------

@@ -1,10 +1,12 @@
-"""The "torch-transformer" block: PyTorch's own nn.TransformerEncoderLayer with a causal mask, the reference.
+"""The "torch-transformer" block: PyTorch's own nn.TransformerEncoderLayer, the reference.
 
 Not the default, and not the code to edit: it is the baseline an idea is compared against, with the
 same weights and outputs as our editable block (transformerencoderlayer.py). Training and plain
 forwards run PyTorch's code unchanged: fused scaled-dot-product attention (flash / memory-efficient
 kernels on GPU) and, in eval mode under no_grad, the fused encoder-layer kernel. Hooks do not reach
-inside it (model/hooks.py refuses them on this path). Two extras that nn.TransformerEncoderLayer
+inside it (model/hooks.py refuses them on this path). It reads the mask LM.forward makes (hidden_keys):
+a [seq, seq] one is the causal mask (PyTorch's is_causal kernels), a [batch, 1, seq, keys] one (a
+prefix, padding) goes in as PyTorch's per-head src_mask, None attends both ways. Two extras that nn.TransformerEncoderLayer
 cannot do, written here with PyTorch's own attention ops (no code of the editable path runs here):
   - attention weights (`need_weights=True`): nn.MultiheadAttention asked for per-head weights;
   - sampling with a key/value cache: F.scaled_dot_product_attention over the cached keys.
@@ -22,12 +24,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from model.decoding.kv_cache import LayerKVCache
 from model.model_params import ModelParams
 from model.transformer.parts import ff_width
-from model.transformer.torch_f_multi_head_attention_forward import hidden_keys
 
 
 class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
-    """nn.TransformerEncoderLayer(batch_first=True), always causal, with the block interface of
-    our custom layer: forward(x, attn_requests, kv_cache, need_weights) -> (x, weights or None).
+    """nn.TransformerEncoderLayer(batch_first=True) with the block interface of our custom layer:
+    forward(x, mask, attn_requests, kv_cache, need_weights) -> (x, weights or None).
     `attn_requests` is accepted and ignored: attention edits live in the custom path."""
 
     def __init__(self, model_params: ModelParams):
@@ -42,30 +43,32 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
             # PyTorch's fused eval kernel treats every nn.GELU as the exact GELU: keep it off that kernel
             self.activation_relu_or_gelu = 0
 
-    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[LayerKVCache] = None,
-                need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, attn_requests: Any = None,
+                kv_cache: Optional[LayerKVCache] = None, need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None)."""
         if kv_cache is None and not need_weights:  # the fast path: PyTorch's layer as is
             with attention_kernels(x):
-                return super().forward(x, src_mask=causal_mask(x.shape[1], x.device), is_causal=True), None
+                if mask is not None and mask.dim() == 2:  # the plain causal mask
+                    return super().forward(x, src_mask=mask, is_causal=True), None
+                return super().forward(x, src_mask=self._per_head(mask)), None
         if kv_cache is not None and need_weights:
             raise ValueError("attention weights while sampling with a kv cache are only available in the "
                              "custom-transformer path (see LM.with_layer_architecture)")
         if kv_cache is not None and not self.training:
-            return self._decoding_step(x, kv_cache), None
+            return self._decoding_step(x, kv_cache, mask), None
         attend = self._attend_cached if kv_cache is not None else self._attend_with_weights
         # the same sublayer order as nn.TransformerEncoderLayer.forward
         if self.norm_first:
-            attn_out, weights = attend(self.norm1(x), kv_cache)
+            attn_out, weights = attend(self.norm1(x), kv_cache, mask)
             x = x + self.dropout1(attn_out)
             x = x + self._ff_block(self.norm2(x))
         else:
-            attn_out, weights = attend(x, kv_cache)
+            attn_out, weights = attend(x, kv_cache, mask)
             x = self.norm1(x + self.dropout1(attn_out))
             x = self.norm2(x + self._ff_block(x))
         return x, weights
 
-    def _decoding_step(self, x: Tensor, kv_cache: LayerKVCache) -> Tensor:
+    def _decoding_step(self, x: Tensor, kv_cache: LayerKVCache, mask: Optional[Tensor]) -> Tensor:
         """forward's cached branch in eval mode (sampling): the same operations, on the weights gathered once
         per cache (`_step_weights`), with the (inactive) dropouts left out. A decoding step of a small model is
         mostly per-call overhead: this makes it about 25% faster (bench/bench_gpt2.py --small)."""
@@ -74,10 +77,10 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
             w = kv_cache.layer_state = self._step_weights()
         if self.norm_first:
             x = x + self._attend_cached(F.layer_norm(x, w.norm_shape, w.norm1_weight, w.norm1_bias, w.norm1_eps),
-                                        kv_cache, w)[0]
+                                        kv_cache, mask, w)[0]
             h = F.layer_norm(x, w.norm_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
             return x + F.linear(w.activation(F.linear(h, w.linear1_weight, w.linear1_bias)), w.linear2_weight, w.linear2_bias)
-        x = F.layer_norm(x + self._attend_cached(x, kv_cache, w)[0], w.norm_shape, w.norm1_weight, w.norm1_bias,
+        x = F.layer_norm(x + self._attend_cached(x, kv_cache, mask, w)[0], w.norm_shape, w.norm1_weight, w.norm1_bias,
                          w.norm1_eps)
         h = F.linear(w.activation(F.linear(x, w.linear1_weight, w.linear1_bias)), w.linear2_weight, w.linear2_bias)
         return F.layer_norm(x + h, w.norm_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
@@ -100,12 +103,18 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
             linear1_weight=self.linear1.weight, linear1_bias=self.linear1.bias,
             linear2_weight=self.linear2.weight, linear2_bias=self.linear2.bias, activation=activation)
 
-    def _attend_with_weights(self, x: Tensor, kv_cache: None) -> Tuple[Tensor, Tensor]:
-        """PyTorch's multi-head attention, returning per-head weights [batch, heads, seq, seq]."""
-        return self.self_attn(x, x, x, attn_mask=causal_mask(x.shape[1], x.device), need_weights=True,
-                              average_attn_weights=False)
+    def _per_head(self, mask: Optional[Tensor]) -> Optional[Tensor]:
+        """A [batch, 1, seq, keys] mask as PyTorch's [batch * heads, seq, keys] attn_mask ([seq, keys] and None as they are)."""
+        if mask is None or mask.dim() == 2:
+            return mask
+        batch, _, seq, n_keys = mask.shape
+        return mask.expand(batch, self.self_attn.num_heads, seq, n_keys).reshape(-1, seq, n_keys)
 
-    def _attend_cached(self, x: Tensor, kv_cache: LayerKVCache,
+    def _attend_with_weights(self, x: Tensor, kv_cache: None, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """PyTorch's multi-head attention, returning per-head weights [batch, heads, seq, seq]."""
+        return self.self_attn(x, x, x, attn_mask=self._per_head(mask), need_weights=True, average_attn_weights=False)
+
+    def _attend_cached(self, x: Tensor, kv_cache: LayerKVCache, mask: Optional[Tensor],
                        w: Optional[SimpleNamespace] = None) -> Tuple[Tensor, None]:
         """Fused attention of the new tokens x [batch, new, dim] over the cached and new keys.
         w: the layer's `_step_weights()` (gathered here when not given)."""
@@ -116,11 +125,9 @@ class TorchTransformerEncoderLayer(nn.TransformerEncoderLayer):
                                                                      ).transpose(1, 2).chunk(3, dim=1)
         k, v = kv_cache.append(k, v)
         n_keys = k.shape[2]
-        # causal (bottom-right aligned: the new tokens come after the cached ones), and with the cache's
-        # pad_left never a left-padding key; a fresh cache without padding is plain causal
-        plain_causal = seq == n_keys > 1 and kv_cache.pad_left is None
-        hidden = None if plain_causal else hidden_keys(seq, n_keys, kv_cache.pad_left, x.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hidden is None else ~hidden,
+        # LM.forward's mask covers the cached keys too; a fresh cache's [seq, seq] mask is plain causal
+        plain_causal = mask is not None and mask.dim() == 2 and seq == n_keys
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None or plain_causal else ~mask,
                                              is_causal=plain_causal,
                                              dropout_p=w.attn_dropout if self.training else 0.0)
         return F.linear(out.transpose(1, 2).reshape(batch, seq, dim), w.out_proj_weight, w.out_proj_bias), None
@@ -136,8 +143,3 @@ def attention_kernels(x: Tensor) -> ContextManager:
         return sdpa_kernel(SDPBackend.MATH)
     return nullcontext()
 
-
-def causal_mask(seq: int, device: torch.device) -> Tensor:
-    """[seq, seq] bool, True above the diagonal: the future positions a query may not attend to
-    (PyTorch's attn_mask convention)."""
-    return torch.ones(seq, seq, dtype=torch.bool, device=device).triu(1)

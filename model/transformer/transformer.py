@@ -1,4 +1,4 @@
-"""The decoder: a stack of causal transformer blocks (lm.decoder), plus an optional final norm.
+"""The decoder: a stack of transformer blocks (lm.decoder), plus an optional final norm.
 
 `ModelParams.layer_architecture` picks the block:
   "custom-transformer" (the default) -> TransformerBlock (transformerencoderlayer.py): ours, the one to edit;
@@ -54,11 +54,12 @@ class Transformer(nn.Module):
         """An empty key/value cache, one slot per block, the model's context long (see lm.new_kv_cache)."""
         return KVCache(self.n_blocks, self.model_params.max_seq_len, batch_size=batch_size, pad_left=pad_left)
 
-    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Optional[KVCache] = None,
-                get_embeddings: bool = False, get_attn: bool = False,
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, attn_requests: Any = None,
+                kv_cache: Optional[KVCache] = None, get_embeddings: bool = False, get_attn: bool = False,
                 ) -> Tuple[Tensor, Optional[List[Tensor]], Optional[List[Tensor]]]:
         """x [batch, seq, dim] (token + position embeddings) -> (hidden [batch, seq, dim] after the
-        final norm, embeddings, attns).
+        final norm, embeddings, attns). mask: the keys each query may not see, the same for every block
+        (LM.forward makes it: hidden_keys in torch_f_multi_head_attention_forward.py).
 
         embeddings (when asked): n_blocks + 1 tensors [batch, seq, dim]: the input of each block
         (entry 0 is x itself), then the output of the last block before final_norm.
@@ -74,7 +75,7 @@ class Transformer(nn.Module):
             if embeddings is not None:
                 embeddings.append(x)
             layer_cache = kv_cache[block_index] if kv_cache is not None else None
-            x, weights = layer(x, attn_requests=attn_requests, kv_cache=layer_cache, need_weights=get_attn)
+            x, weights = layer(x, mask=mask, attn_requests=attn_requests, kv_cache=layer_cache, need_weights=get_attn)
             if attns is not None:
                 attns.append(weights)
             block_index += 1

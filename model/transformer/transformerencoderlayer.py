@@ -28,7 +28,7 @@ from model.transformer.torch_f_multi_head_attention_forward import SelfAttention
 
 
 class TransformerBlock(nn.Module):
-    """One causal transformer block: self-attention then feed-forward, each with a residual connection."""
+    """One transformer block: self-attention then feed-forward, each with a residual connection."""
 
     def __init__(self, model_params: ModelParams):
         super().__init__()
@@ -53,9 +53,10 @@ class TransformerBlock(nn.Module):
         self.dropout_act = make_dropout(mp.dropout)  # inside the feed-forward, after the activation
         self.dropout_ff = make_dropout(mp.dropout)  # on the feed-forward sublayer's output
 
-    def forward(self, x: Tensor, attn_requests: Any = None, kv_cache: Any = None,
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, attn_requests: Any = None, kv_cache: Any = None,
                 need_weights: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x [batch, seq, dim] -> (x [batch, seq, dim], attention weights [batch, heads, seq, keys] or None).
+        mask: the keys each query may not see (SelfAttention.forward).
 
         The residual wiring, an edit point:
             pre-LN (norm_first, GPT-2):   x = x + attn(norm1(x));  x = x + ff(norm2(x))
@@ -64,25 +65,26 @@ class TransformerBlock(nn.Module):
         """
         resid_pre = self.hook_resid_pre(x)
         if self.model_params.parallel_block:  # both sublayers read the block's input
-            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(resid_pre)), attn_requests, kv_cache, need_weights)
+            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(resid_pre)), mask, attn_requests, kv_cache, need_weights)
             attn_out = self.hook_attn_out(attn_out)
             mlp_out = self.hook_mlp_out(self._ff_block(self.hook_ln2(self.norm2(resid_pre))))
             resid_post = resid_pre + attn_out + mlp_out
         elif self.model_params.norm_first:
-            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(resid_pre)), attn_requests, kv_cache, need_weights)
+            attn_out, weights = self._sa_block(self.hook_ln1(self.norm1(resid_pre)), mask, attn_requests, kv_cache, need_weights)
             resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
             mlp_out = self.hook_mlp_out(self._ff_block(self.hook_ln2(self.norm2(resid_mid))))
             resid_post = resid_mid + mlp_out
         else:  # post-LN: the norms' outputs are the residual stream (ln1 = resid_mid, ln2 = resid_post)
-            attn_out, weights = self._sa_block(resid_pre, attn_requests, kv_cache, need_weights)
+            attn_out, weights = self._sa_block(resid_pre, mask, attn_requests, kv_cache, need_weights)
             resid_mid = self.hook_resid_mid(self.hook_ln1(self.norm1(resid_pre + self.hook_attn_out(attn_out))))
             mlp_out = self.hook_mlp_out(self._ff_block(resid_mid))
             resid_post = self.hook_ln2(self.norm2(resid_mid + mlp_out))
         return self.hook_resid_post(resid_post), weights
 
-    def _sa_block(self, x: Tensor, attn_requests: Any, kv_cache: Any,
+    def _sa_block(self, x: Tensor, mask: Optional[Tensor], attn_requests: Any, kv_cache: Any,
                   need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        x, weights = self.self_attn(x, attn_requests=attn_requests, kv_cache=kv_cache, need_weights=need_weights)
+        x, weights = self.self_attn(x, mask=mask, attn_requests=attn_requests, kv_cache=kv_cache,
+                                    need_weights=need_weights)
         return self.dropout_sa(x), weights
 
     def _ff_block(self, x: Tensor) -> Tensor:
