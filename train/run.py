@@ -25,7 +25,9 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from data.data_path import cache_dir
 from data.dataloader import LMDataModule
+from data.tokenizer import OBJECTIVE_TOKENS
 from model.lm import LM
+from model.model_checks import check_model_params
 from train.callbacks import CtrlCStop, FullWeights, LastCheckpoint, NonFiniteLoss, progress_bar
 from train.devices import DeviceSetup, check_fsdp_model, device_setup, is_rank_zero, sharded
 from train.precision import describe_precision, precision_plugin, resolve_precision
@@ -65,11 +67,13 @@ def run_training(namer: Any, callbacks: Sequence[Callback] = ()) -> Dict[str, An
         from train.eval_callback import LMEvalCallback
         eval_callback = LMEvalCallback(tp.eval_tasks, tp.eval_limit, seed=tp.seed)
 
-    L.seed_everything(tp.seed, workers=True, verbose=False)
-    dm = LMDataModule(dp, batch_size=tp.batch_size, data_path=getattr(args, "data_path", None), seed=tp.seed)
     mp = namer.model_params
     if mp.max_seq_len is None:
         mp = dataclasses.replace(mp, max_seq_len=dp.max_seq_len)
+    check_model_params(mp)  # before any data is read: e.g. an objective the architecture cannot train
+    L.seed_everything(tp.seed, workers=True, verbose=False)
+    dm = LMDataModule(dp, batch_size=tp.batch_size, data_path=getattr(args, "data_path", None), seed=tp.seed,
+                      extra_tokens=OBJECTIVE_TOKENS[mp.objective])
     L.seed_everything(tp.seed, workers=True, verbose=False)  # the weights depend on the seed alone
     lm = LM(mp, dm.tokenizer, sample_mode=dm.sample_mode)
     check_fsdp_model(setup.strategy, lm)
