@@ -234,6 +234,11 @@ def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike, force
         raise ValueError(f"the weights hold NaN / inf values in {len(nonfinite)} tensor(s) ({', '.join(nonfinite[:3])}"
                          f"{', ...' if len(nonfinite) > 3 else ''}): the exported model would only output NaN. "
                          f"Export it anyway with force=True (--force).")
+    if lm.model_params.objective in ("masked", "prefix"):  # transformers' causal LMs read causally
+        raise ValueError(f"objective={lm.model_params.objective!r}: export_hf writes a transformers causal LM "
+                         f"(GPT-2, Llama), which reads every text causally, so this model's "
+                         f"{'bidirectional' if lm.model_params.objective == 'masked' else 'prefix'} attention has no "
+                         f"equivalent there. Only objective 'causal' and 'fim' runs export.")
     family = export_family(lm.model_params)
     mp = dataclasses.replace(lm.model_params, dim_ff=ff_width(lm.model_params))  # the width, not None
     tokenizer = lm.tokenizer
