@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.eval_mode import evaluating
+from model.objectives import fixed_uniform
 from train.train_params import TrainParams, check_train_params
 from train.train_stats import StatsRecorder, Throughput, TrainStats
 
@@ -44,6 +45,7 @@ class LMTrainer(L.LightningModule):
         self._loss_sums: Dict[int, Tuple[Tensor, Tensor]] = {}  # dataloader_idx -> (sum of losses, tokens)
         self._expected_sets = 1  # evaluation sets of the running validation / test
         self._sample_prompt: Optional[Tuple[List[int], List[int]]] = None  # (prompt ids, expected ids)
+        self._sample_row: List[int] = []  # the first validation sample's ids (masked, prefix, fim samples)
         self.progress_metrics: Dict[str, float] = {}  # shown by the progress bar (train/callbacks.py)
         self._rng_to_restore: Optional[Dict[str, Any]] = None
 
@@ -138,6 +140,7 @@ class LMTrainer(L.LightningModule):
         self._add_loss_sum(batch, dataloader_idx)
         if batch_idx == 0 and dataloader_idx == 0:
             self._sample_prompt = sample_prompt(batch)
+            self._sample_row = batch["x_indices"][0][batch["mask"][0]].tolist()
 
     def on_validation_epoch_end(self) -> None:
         losses = self._mean_losses()
@@ -204,13 +207,17 @@ class LMTrainer(L.LightningModule):
         """(kind, text): one greedy and `n_print_samples - 1` sampled continuations of the first
         validation prompt (the empty prompt for plain text, sampled across line ends as the text
         streams in training), then the expected answer when the task has one. Text as LM.sample
-        renders it (stream-mode text: <eos> as a newline). The global random state is left untouched."""
+        renders it (stream-mode text: <eos> as a newline). Other objectives show what they learn on
+        the first validation sample (objective_samples). The global random state is left untouched."""
         n, length = self.train_params.n_print_samples, self.train_params.print_sample_len
         prompt, expected = self._sample_prompt or ([], [])
         tok = self.model.tokenizer
         out = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                 torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            objective = self.model.model_params.objective
+            if n and (objective in ("masked", "fim") or (objective == "prefix" and not prompt)):
+                return objective_samples(self.model, self._sample_row[1:length + 1], n, self.train_params.seed)
             for i in range(n):
                 temperature, kind = (0.0, "greedy") if i == 0 else (1.0, "sampled")
                 text = self.model.sample(pref=prompt or "", max_seq_len=len(prompt) + length, temperature=temperature,
@@ -335,6 +342,34 @@ def sample_prompt(batch: Dict[str, Tensor]) -> Optional[Tuple[List[int], List[in
         return None
     start = targets[0]
     return ids[1:start], ids[start:-1]  # drop the leading bos and the final eos
+
+
+def objective_samples(lm: nn.Module, ids: List[int], n: int, seed: int) -> List[Tuple[str, str]]:
+    """(kind, text) lines showing what a masked, prefix or fim model does with the token ids of a
+    validation sample (without its bos): masked: the sample with its fixed validation mask, filled in;
+    prefix: its first half as the prompt, continued (greedy, then n - 1 sampled); fim: its first and last
+    thirds, and the middle infilled (greedy, then sampled). Each ends with what the sample really holds."""
+    tok, objective = lm.tokenizer, lm.model_params.objective
+    if not ids:
+        return []
+    if objective == "masked":
+        x = torch.tensor([ids])
+        chosen = (fixed_uniform(x, torch.ones_like(x, dtype=torch.bool)) < lm.model_params.mask_frac)[0].tolist()
+        if not any(chosen):
+            chosen[len(ids) // 2] = True
+        masked = [tok.mask_id if c else t for t, c in zip(ids, chosen)]
+        return [("masked", tok.decode(masked)), ("filled", lm.fill_mask(masked)), ("expected", tok.decode(ids))]
+    if objective == "prefix":
+        prompt = ids[: max(1, len(ids) // 2)]
+        out = [("greedy" if i == 0 else "sampled", lm.sample(pref=prompt, max_seq_len=len(ids), temperature=0.0 if i == 0 else 1.0,
+                                                               seed=seed + i, stop_at_eos=False)) for i in range(n)]
+        return [("prompt", tok.decode(prompt))] + out + [("expected", tok.decode(ids))]
+    third = max(1, len(ids) // 3)
+    prefix, middle, suffix = ids[:third], ids[third:len(ids) - third], ids[len(ids) - third:]
+    out = [("infilled" if i == 0 else "sampled", lm.infill(prefix, suffix, max_seq_len=max(1, len(middle)) * 2,
+                                                           temperature=0.0 if i == 0 else 1.0, seed=seed + i))
+           for i in range(n)]
+    return [("prefix", tok.decode(prefix)), ("suffix", tok.decode(suffix))] + out + [("middle", tok.decode(middle))]
 
 
 def group_by_step(flushed: List[Tuple[str, Tuple[int, int, int, float]]]) -> List[Tuple[int, Dict[str, float]]]:
