@@ -44,7 +44,11 @@ class Family:
         problems = []
         for field in dataclasses.fields(ModelParams):
             value = getattr(mp, field.name)
-            if field.name in self.exports:
+            if field.name in TRAINING_ONLY:  # how the weights were trained, not what computes with them
+                allowed, why = TRAINING_ONLY[field.name]
+                if allowed is not ANY and value not in allowed:
+                    problems.append(f"{field.name}={value!r} ({why})")
+            elif field.name in self.exports:
                 allowed, why = self.exports[field.name]
                 if allowed is not ANY and value not in allowed:
                     problems.append(f"{field.name}={value!r} ({why})")
@@ -55,6 +59,9 @@ class Family:
 
 
 ANY: Sequence[Any] = ("any",)  # an `exports` entry: every value of the field is expressed
+# ModelParams fields of the training objective: a causal or fim model is a causal LM for every family
+TRAINING_ONLY = {"objective": (("causal", "fim"), "a transformers causal LM reads causally"),
+                 "mask_frac": (ANY, ""), "fim_rate": (ANY, "")}
 
 
 def config_value(config: Any, *names: str, default: Any = None) -> Any:
