@@ -103,7 +103,7 @@ def test_a_config_line_sweeps_the_four_objectives(data_folder, tmp_path, capsys)
     config = tmp_path / "objective-sweep.txt"
     config.write_text('DataParams\ndataset_name="animals"\nmax_seq_len=12\n\nModelParams\nn_layers=1\ndim=32\n'
                       'objective=["causal","prefix","masked","fim"]\n\nTrainParams\nmax_steps=3\nbatch_size=16\n'
-                      'n_print_samples=1\nprecision="32"\n')
+                      'n_print_samples=1\nval_check_interval=3\nprecision="32"\n')
     save_dir = tmp_path / "saved"
     main([f"--config={config}", "--no-wandb", "--save", f"--save-dir={save_dir}", f"--data-path={data_folder}"])
     main(["--compare=objective-sweep", f"--save-dir={save_dir}"])
