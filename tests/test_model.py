@@ -284,5 +284,5 @@ def test_gpt2_tokenizer_readme_forward_examples():
     c = lm(torch.Tensor(lm.tokenizer("hello")))
     assert torch.equal(a, c)
     d = lm(torch.Tensor(lm.tokenizer(["hello", "hi"])))
-    assert False not in torch.isclose(a, d[0:1])
+    assert torch.allclose(a, d[0:1], atol=1e-6)  # batch 2 may take other matmul kernels than batch 1
     assert lm.n_tokens == 50257

@@ -128,6 +128,7 @@ CHECKS: Dict[int, str] = {}
 
 CHECKS[1] = PRELUDE + '''
 from main import main
+from model.transformer.torch_f_multi_head_attention_forward import hidden_keys
 from model.transformer.transformer import is_block
 from train.run_folder import load_run
 
@@ -146,9 +147,9 @@ with torch.no_grad():
     z_off, z_on = off(x), on(x)
     assert differ(z_off, z_on), "the ReLU changes the logits"
     # what the flag should compute: block 0, ReLU, block 1, final norm, output projection
-    h = off.embed(x)
-    h, _ = off.decoder.layers[0](h)
-    h, _ = off.decoder.layers[1](torch.relu(h))
+    h, causal = off.embed(x), hidden_keys(x.shape[1], x.shape[1], None, x.device)  # the mask LM.forward builds
+    h, _ = off.decoder.layers[0](h, mask=causal)
+    h, _ = off.decoder.layers[1](torch.relu(h), mask=causal)
     assert torch.allclose(off.out_proj(off.decoder.final_norm(h)), z_on, atol=1e-5)
     out = on(x, get_embeddings=True, get_attn=True)
     assert out["embeddings"].shape == (x.shape[0], 3, x.shape[1], 32) and out["attns"].shape[1] == 2
