@@ -4,6 +4,7 @@
     lm = get_pretrained("EleutherAI/pythia-70m")      # a hub name (network or the HF cache) ...
     lm = get_pretrained("path/to/folder")             # ... or a save_pretrained folder
     export_hf("path/to/run-folder", "out/")           # then AutoModelForCausalLM.from_pretrained("out/")
+                                                      # (a masked run: AutoModelForMaskedLM)
 
 The LM runs OUR custom-transformer layer with the checkpoint's weights, in eval mode, so sampling,
 perplexities, embeddings, attention plots and attention edits work on it as on models trained here.
@@ -15,10 +16,17 @@ Tokenizer, so `lm.tokenizer(text)` gives the checkpoint tokenizer's ids without 
 eos and pad ids come from the checkpoint's config (then its tokenizer config; pad falls back to eos).
 As for models trained here, `lm.sample` and `lm.perplexities` read bos + text.
 
+Encoders (BERT, RoBERTa, DistilBERT) become LMs with objective "masked": bos is [CLS] (<s>), eos [SEP]
+(</s>), pad and the mask token are the tokenizer's. `lm.tokenizer(text)` and `lm(text)` take the text's
+ids as they are (no framing: lm(tok(text)["input_ids"]) equals transformers' logits on those ids), while
+`lm.fill_mask` and `lm.perplexities` frame each text as the checkpoint was trained and transformers'
+fill-mask pipeline feeds it: [CLS] text [SEP] (<s> text </s>). Pseudo-perplexity scores neither.
+
 Embeddings: `lm(x, get_embeddings=True)["embeddings"][:, i]` equals transformers' `hidden_states[i]`
 for i < n_layers (entry 0: the input embedding; entry k: the residual stream after block k).
 transformers' last hidden state has the final norm applied, ours is the stream before it:
-`lm.decoder.final_norm(embeddings[:, -1])` equals `hidden_states[-1]`.
+`lm.decoder.final_norm(embeddings[:, -1])` equals `hidden_states[-1]`. Encoders (post-LN, no final norm)
+have every entry equal, the last included: embeddings[:, i] == hidden_states[i] for i <= n_layers.
 """
 import dataclasses
 import os
@@ -127,15 +135,20 @@ def family_of(config: "PretrainedConfig", name: str = "the checkpoint") -> Famil
 def load_hf_model(name: str, family: Family, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
     """transformers' own model for the checkpoint (its download and file-layout code), with every weight
     present: a missing or unexpected tensor is a clear error, not a silently random weight."""
-    from transformers import AutoModelForCausalLM
-    model, info = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, output_loading_info=True,
-                                                       trust_remote_code=False)
+    model, info = auto_class(family).from_pretrained(name, dtype=dtype, output_loading_info=True,
+                                                     trust_remote_code=False)
     info["unexpected_keys"] = [k for k in info.get("unexpected_keys", ()) if not family.is_ignored(k)]
     problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
     if problems or info.get("error_msgs"):
         raise ValueError(f"checkpoint {name!r} does not hold the weights its config describes: {problems} "
                          f"{info.get('error_msgs') or ''}")
     return model.eval()
+
+
+def auto_class(family: Family) -> Any:
+    """transformers' class for the family's models: AutoModelForMaskedLM for encoders, else AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    return AutoModelForMaskedLM if family.objective == "masked" else AutoModelForCausalLM
 
 
 def tokenizer_source(name: str, tokenizer_path: Optional[PathLike] = None) -> str:
@@ -174,13 +187,22 @@ def load_tokenizer(source: str, config: "PretrainedConfig") -> Tokenizer:
     if backend is None:
         raise ValueError(f"the tokenizer of {source!r} ({type(hf_tokenizer).__name__}) has no `tokenizers` "
                          f"pipeline (tokenizer.json): our Tokenizer wraps one")
-    eos = first_id(getattr(config, "eos_token_id", None), hf_tokenizer.eos_token_id)
-    if eos is None:
-        raise ValueError(f"neither the config nor the tokenizer of {source!r} names an eos token")
-    bos = first_id(getattr(config, "bos_token_id", None), hf_tokenizer.bos_token_id, eos)
-    pad = first_id(getattr(config, "pad_token_id", None), hf_tokenizer.pad_token_id, eos)
+    mask_token = None
+    if family_of(config).objective == "masked":  # an encoder: [CLS] text [SEP] (<s> text </s>), and its mask
+        bos, eos = hf_tokenizer.cls_token_id, hf_tokenizer.sep_token_id
+        pad, mask_token = first_id(hf_tokenizer.pad_token_id, getattr(config, "pad_token_id", None)), hf_tokenizer.mask_token
+        if None in (bos, eos, pad, mask_token):
+            raise ValueError(f"the tokenizer of {source!r} lacks a token an encoder reads with (cls {bos}, sep {eos}, "
+                             f"pad {pad}, mask {mask_token!r}): pass the tokenizer saved with this checkpoint")
+    else:
+        eos = first_id(getattr(config, "eos_token_id", None), hf_tokenizer.eos_token_id)
+        if eos is None:
+            raise ValueError(f"neither the config nor the tokenizer of {source!r} names an eos token")
+        bos = first_id(getattr(config, "bos_token_id", None), hf_tokenizer.bos_token_id, eos)
+        pad = first_id(getattr(config, "pad_token_id", None), hf_tokenizer.pad_token_id, eos)
     try:
-        return Tokenizer(backend, eos_id=eos, bos_id=bos, pad_id=pad, vocab_size=config.vocab_size)
+        return Tokenizer(backend, eos_id=eos, bos_id=bos, pad_id=pad, vocab_size=config.vocab_size,
+                         mask_token=mask_token)
     except ValueError as e:
         raise ValueError(f"the tokenizer of {source!r} does not fit the checkpoint (vocab_size "
                          f"{config.vocab_size}): {e}. Pass the tokenizer saved with this checkpoint "
@@ -216,17 +238,16 @@ def convert(hf_model: "PreTrainedModel", tokenizer: Tokenizer, family: Optional[
 
 def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike, force: bool = False) -> Path:
     """Write `out_folder` (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
-    `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load, for an
-    LM (or a saved run folder) whose architecture one export family expresses (GPT-2: learned positions,
-    layernorm, gelu/relu; Llama: rope, rmsnorm, swiglu). Otherwise a ValueError naming the fields that
+    `transformers.AutoModelForCausalLM.from_pretrained` (a masked run: `AutoModelForMaskedLM`) and
+    `AutoTokenizer.from_pretrained` load, for an LM (or a saved run folder) whose architecture one export
+    family expresses (GPT-2: learned positions, layernorm, gelu/relu; Llama: rope, rmsnorm, swiglu; a masked
+    run, BERT: post-LN, learned positions, embedding_norm, head_transform, output_bias). Otherwise a ValueError naming the fields that
     have no transformers equivalent. Returns the folder.
 
     Refused with a ValueError before anything is written: an `out_folder` that is a file, not writable, or
     not empty and not an earlier export; a run whose weights are not the file it saved (final.json's
     weights_sha256), a diverged run (final.json "diverged") or weights holding NaN / inf. `force=True`
     (`main.py --export-hf RUN OUT --force`) exports those anyway and writes into a non-empty folder."""
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
     out = check_export_folder(out_folder, force)  # before the model loads
     lm = lm_or_run_folder if isinstance(lm_or_run_folder, LM) else load_run_lm(lm_or_run_folder, force)
     nonfinite = [name for name, p in lm.named_parameters() if not torch.isfinite(p).all()]
@@ -234,16 +255,16 @@ def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike, force
         raise ValueError(f"the weights hold NaN / inf values in {len(nonfinite)} tensor(s) ({', '.join(nonfinite[:3])}"
                          f"{', ...' if len(nonfinite) > 3 else ''}): the exported model would only output NaN. "
                          f"Export it anyway with force=True (--force).")
-    if lm.model_params.objective in ("masked", "prefix"):  # transformers' causal LMs read causally
-        raise ValueError(f"objective={lm.model_params.objective!r}: export_hf writes a transformers causal LM "
-                         f"(GPT-2, Llama), which reads every text causally, so this model's "
-                         f"{'bidirectional' if lm.model_params.objective == 'masked' else 'prefix'} attention has no "
-                         f"equivalent there. Only objective 'causal' and 'fim' runs export.")
+    if lm.model_params.objective == "prefix":  # transformers' causal LMs read causally, its masked LMs both ways
+        raise ValueError("objective='prefix': export_hf writes a transformers causal LM (GPT-2, Llama), which reads "
+                         "every text causally, or a masked LM (BERT), which reads both ways everywhere, so this "
+                         "model's prefix attention has no equivalent there. Runs of objective 'causal', 'fim' and "
+                         "'masked' export.")
     family = export_family(lm.model_params)
     mp = dataclasses.replace(lm.model_params, dim_ff=ff_width(lm.model_params))  # the width, not None
     tokenizer = lm.tokenizer
     config = family.export_config(mp, tokenizer)
-    hf_model = AutoModelForCausalLM.from_config(config, dtype=lm.embedding.weight.dtype)
+    hf_model = auto_class(family).from_config(config, dtype=lm.embedding.weight.dtype)
     their_shapes = {k: v.shape for k, v in hf_model.state_dict().items()}
     ours = {k: v.detach().cpu() for k, v in lm.state_dict().items()}
     if lm.pos_embedding is None and "pos_embedding.weight" in {r.ours for r in family.rules(config, mp)}:
@@ -253,13 +274,31 @@ def export_hf(lm_or_run_folder: Union[LM, PathLike], out_folder: PathLike, force
     weights = to_their_weights(ours, family.rules(config, mp), their_shapes, family.name)
     hf_model.load_state_dict(weights, strict=True)
     hf_model.save_pretrained(out)
-    special = {name: tokenizer.hf.id_to_token(i) for name, i in
-               (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id), ("pad_token", tokenizer.pad_id),
-                ("unk_token", tokenizer.unk_id)) if i is not None}
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, **special).save_pretrained(out)
+    export_tokenizer(tokenizer, family).save_pretrained(out)
     # safetensors creates its file readable by its owner only: give it the mode of the other files
     os.chmod(out / "model.safetensors", os.stat(out / "config.json").st_mode & 0o777)
     return out
+
+
+def export_tokenizer(tokenizer: Tokenizer, family: Family) -> Any:
+    """Our tokenizer as transformers' PreTrainedTokenizerFast, with its special tokens named. For a masked LM
+    also cls / sep / mask, and a post-processor putting bos before a text, so that transformers' fill-mask
+    pipeline frames the input as LM.fill_mask does (bos + text, the rows it was trained on)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+    names = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id,
+             "unk_token": tokenizer.unk_id}
+    backend = tokenizer.hf
+    if family.objective == "masked":
+        names.update(cls_token=tokenizer.bos_id, sep_token=tokenizer.eos_id, mask_token=tokenizer.mask_id)
+        backend = HFTokenizer.from_str(tokenizer.hf.to_str())  # a copy: the LM's own tokenizer stays as it is
+        bos = tokenizer.hf.id_to_token(tokenizer.bos_id)
+        frame = [bos] + [tokenizer.hf.id_to_token(i) for i in tokenizer.suffix_ids]
+        backend.post_processor = TemplateProcessing(single=" ".join([bos, "$A"] + frame[1:]),
+                                                    special_tokens=[(t, tokenizer.hf.token_to_id(t)) for t in set(frame)])
+    special = {name: tokenizer.hf.id_to_token(i) for name, i in names.items() if i is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
 
 
 # what export_hf writes (transformers' save_pretrained): a folder holding only these is an earlier export

@@ -58,6 +58,10 @@ class Tokenizer:
         self.mask_token: Optional[str] = mask_token if mask_token is not None else (
             MASK if hf_tokenizer.token_to_id(MASK) is not None else None)
         self.mask_id: Optional[int] = hf_tokenizer.token_to_id(self.mask_token) if self.mask_token else None
+        # what the tokenizer's own post-processor appends after a text (an encoder checkpoint's: BERT's [SEP],
+        # RoBERTa's </s>; () for tokenizers trained here): a masked read frames a text as bos + ids + suffix_ids,
+        # as transformers' fill-mask pipeline does (model/decoding/masked.py)
+        self.suffix_ids: Tuple[int, ...] = appended_ids(hf_tokenizer)
         # fill-in-the-middle: (<fim_prefix>, <fim_suffix>, <fim_middle>) ids, or None without them
         fim = [hf_tokenizer.token_to_id(t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
         self.fim_ids: Optional[Tuple[int, int, int]] = None if None in fim else (fim[0], fim[1], fim[2])
@@ -150,3 +154,13 @@ class Tokenizer:
         extra = f", mask={self.mask_id}" if self.mask_id is not None else ""
         extra += f", fim={self.fim_ids}" if self.fim_ids is not None else ""
         return f"Tokenizer(vocab_size={self.vocab_size}, eos/bos/pad={self.eos_id}, unk={self.unk_id}{extra})"
+
+
+def appended_ids(hf_tokenizer: HFTokenizer) -> Tuple[int, ...]:
+    """The ids hf_tokenizer's post-processor puts after a text (encode(..., add_special_tokens=True))."""
+    plain = hf_tokenizer.encode("a", add_special_tokens=False).ids
+    framed = hf_tokenizer.encode("a", add_special_tokens=True).ids
+    for start in range(len(framed) - len(plain) + 1):
+        if plain and framed[start:start + len(plain)] == plain:
+            return tuple(framed[start + len(plain):])
+    return ()

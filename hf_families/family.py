@@ -24,7 +24,11 @@ class Family:
     model_types: Tuple[str, ...]  # transformers' config.model_type values it covers
     model_params: Callable[[Any], ModelParams]  # transformers config -> ModelParams; raises UnsupportedConfig
     rules: Callable[[Any, ModelParams], List[Rule]]  # (config, params) -> the mapping table
-    # checkpoint entries that are not weights (causal-mask or rotary buffers older checkpoints store)
+    # how its models read (ModelParams.objective): "causal" (transformers' AutoModelForCausalLM) or "masked"
+    # (an encoder, AutoModelForMaskedLM)
+    objective: str = "causal"
+    # checkpoint entries that are not weights (causal-mask or rotary buffers older checkpoints store,
+    # an encoder's pre-training heads)
     ignored: Tuple[str, ...] = ()
     # exporting: ModelParams -> the transformers config (None: this family is not an export target)
     export_config: Optional[Callable[[ModelParams, Any], Any]] = None
@@ -45,7 +49,7 @@ class Family:
         for field in dataclasses.fields(ModelParams):
             value = getattr(mp, field.name)
             if field.name in TRAINING_ONLY:  # how the weights were trained, not what computes with them
-                allowed, why = TRAINING_ONLY[field.name]
+                allowed, why = TRAINING_ONLY[field.name][self.objective]
                 if allowed is not ANY and value not in allowed:
                     problems.append(f"{field.name}={value!r} ({why})")
             elif field.name in self.exports:
@@ -59,9 +63,14 @@ class Family:
 
 
 ANY: Sequence[Any] = ("any",)  # an `exports` entry: every value of the field is expressed
-# ModelParams fields of the training objective: a causal or fim model is a causal LM for every family
-TRAINING_ONLY = {"objective": (("causal", "fim"), "a transformers causal LM reads causally"),
-                 "mask_frac": (ANY, ""), "fim_rate": (ANY, "")}
+# ModelParams fields of the training objective, per family objective: a causal or fim model is a causal LM,
+# a masked model is a masked LM (an encoder)
+TRAINING_ONLY = {
+    "objective": {"causal": (("causal", "fim"), "a transformers causal LM reads causally"),
+                  "masked": (("masked",), "a transformers masked LM reads both ways and predicts masked tokens")},
+    "mask_frac": {"causal": (ANY, ""), "masked": (ANY, "")},
+    "fim_rate": {"causal": (ANY, ""), "masked": (ANY, "")},
+}
 
 
 def config_value(config: Any, *names: str, default: Any = None) -> Any:

@@ -18,7 +18,8 @@ Parameters: embedding.weight, pos_embedding.weight (learned positions only), dec
 (as nn.TransformerEncoderLayer; plus `gate` for swiglu / geglu and self_attn.q_norm / k_norm with
 qk_norm; self_attn.in_proj_weight is [(n_heads + 2 * n_kv_heads) * head_dim, dim]; recurrent models:
 nn.LSTM/GRU/RNN's weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0), decoder.final_norm.*,
-out_proj.weight (tied to embedding.weight when tie_embeddings). Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
+out_proj.weight (tied to embedding.weight when tie_embeddings); with the BERT options embedding_norm.*,
+head_transform.{dense,norm}.* and out_proj.bias. Token embeddings are not scaled by sqrt(dim) (GPT-2 convention).
 """
 import dataclasses
 import math
@@ -41,7 +42,7 @@ from model.model_checks import check_model_params
 from model.model_params import ModelParams
 from model.objectives import fim_prompt, fim_rearranged, masked_inputs, prefix_lengths
 from model.recurrent import RECURRENT_ARCHITECTURES, RecurrentDecoder, RecurrentState, is_recurrent
-from model.transformer.parts import ff_width, make_dropout, sinusoidal_positions
+from model.transformer.parts import HeadTransform, ff_width, make_dropout, make_norm, sinusoidal_positions
 from model.transformer.torch_f_multi_head_attention_forward import SelfAttention, hidden_keys, token_positions
 from model.transformer.transformer import Transformer
 
@@ -82,9 +83,12 @@ class LM(nn.Module):
                 self.register_buffer("pos_encoding", sinusoidal_positions(mp.max_seq_len, mp.dim), persistent=False)
             else:
                 self.pos_encoding = None
+            self.embedding_norm = make_norm(mp.dim, mp) if mp.embedding_norm else None  # BERT's embeddings.LayerNorm
             self.dropout = make_dropout(mp.dropout)  # on the input embeddings
             self.decoder = RecurrentDecoder(mp) if is_recurrent(mp) else Transformer(mp)
-            self.out_proj = nn.Linear(mp.dim, self.n_tokens, bias=False)  # the unembedding, [n_tokens, dim]
+            self.head_transform = HeadTransform(mp) if mp.head_transform else None  # BERT's MLM head transform
+            # the unembedding, [n_tokens, dim] (+ a bias [n_tokens] with output_bias)
+            self.out_proj = nn.Linear(mp.dim, self.n_tokens, bias=mp.output_bias)
         if mp.tie_embeddings:
             self.out_proj.weight = self.embedding.weight
         self.init_weights()
@@ -109,7 +113,10 @@ class LM(nn.Module):
                 module.reset_parameters()
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, 0.02)
-            elif isinstance(module, nn.Linear) and not (module is self.out_proj and self.model_params.tie_embeddings):
+            elif module is self.out_proj and self.model_params.tie_embeddings:  # its weight is the embedding's
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
                 is_residual = name.endswith(("self_attn.out_proj", "linear2"))
                 nn.init.normal_(module.weight, 0.0, residual_std if is_residual else 0.02)
                 if module.bias is not None:
@@ -119,7 +126,8 @@ class LM(nn.Module):
     def forward(self, x: InputIds, get_embeddings: bool = False, get_attn: bool = False,
                 kv_cache: Optional[DecoderCache] = None, logits_to_keep: int = 0,
                 prefix_len: Union[None, int, Sequence[int], Tensor] = None,
-                attention_mask: Optional[Tensor] = None) -> Union[Tensor, Dict[str, Tensor]]:
+                attention_mask: Optional[Tensor] = None, logits_at: Optional[Tensor] = None,
+                ) -> Union[Tensor, Dict[str, Tensor]]:
         """Logits [batch, seq, vocab] for x: a string, a list of ids, a 1-D tensor (float tensors of
         whole numbers too, as torch.Tensor(ids) gives) or a [batch, seq] tensor (right-padded batches
         of a causal read need no mask: causal attention never lets a real token see the padding after it).
@@ -137,6 +145,8 @@ class LM(nn.Module):
           row) attend both ways, the rest causally; None reads causally.
         attention_mask [batch, seq]: True / 1 on real tokens, False / 0 on padding that no query may see
           (transformers' convention); a masked model (attention both ways) needs it for padded batches.
+        logits_at [batch] or [batch, n]: positions of each row whose logits alone are computed,
+          [batch, n, vocab] (a masked model's pseudo-perplexity needs one masked position per row).
         """
         attn_requests = None  # per-batch information for the attention; set it after the input check below
         if logits_to_keep < 0:
@@ -160,7 +170,13 @@ class LM(nn.Module):
         mask = self.hidden_keys(x, past, kv_cache, prefix_len, attention_mask)
         h, embeddings, attns = self.decoder(h, mask=mask, attn_requests=attn_requests, kv_cache=kv_cache,
                                             get_embeddings=get_embeddings, get_attn=get_attn)
-        logits = self.out_proj(h[:, -logits_to_keep:] if logits_to_keep else h)
+        if logits_at is not None:  # [batch, n, dim]: the chosen positions
+            h = h.gather(1, logits_at.view(h.shape[0], -1, 1).expand(-1, -1, h.shape[-1]))
+        elif logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        if self.head_transform is not None:
+            h = self.head_transform(h)
+        logits = self.out_proj(h)
         if not (get_embeddings or get_attn):
             return logits
         out = {"logits": logits}
@@ -259,6 +275,8 @@ class LM(nn.Module):
             if self.pos_embedding is not None:  # learned positions have a hook point (model/hooks.py)
                 positions = self.hook_pos_embed(positions.expand_as(h))
             h = h + positions
+        if self.embedding_norm is not None:
+            h = self.embedding_norm(h)
         return self.dropout(h)
 
     # ---- training ---------------------------------------------------------------------
@@ -280,20 +298,20 @@ class LM(nn.Module):
             tokens, real = fim_rearranged(tokens, real, mp.fim_rate, tok.bos_id, tok.eos_id, tok.fim_ids,
                                           max_width=mp.max_seq_len + 1)
             counted = real
-        x = tokens[:, :-1]
+        x, prefix_len, attention_mask = tokens[:, :-1], None, None
         if mp.objective == "masked":  # the chosen tokens, predicted at their own positions from both sides
             # each row without its last token (as x of a causal read): real where a later token is real
-            x, y = masked_inputs(x, real[:, 1:], counted[:, :-1], self.framing_ids(), tok.mask_id, self.n_tokens,
+            attention_mask = real[:, 1:]
+            x, y = masked_inputs(x, attention_mask, counted[:, :-1], self.framing_ids(), tok.mask_id, self.n_tokens,
                                  mp.mask_frac, fixed=not self.training)
-            return x, y, self(x, attention_mask=real[:, 1:])
-        y = tokens[:, 1:].masked_fill(~counted[:, 1:], -100)
-        prefix_len = None
+        else:
+            y = tokens[:, 1:].masked_fill(~counted[:, 1:], -100)
         if mp.objective == "prefix":  # the prefix is read both ways, so only the tokens after it count
             prefix_len = batch.get("prefix_len")
             if prefix_len is None:
                 prefix_len = prefix_lengths(real[:, :-1], batch.get("target_mask"), x, fixed=not self.training)
             y = y.masked_fill(torch.arange(y.shape[1], device=y.device) < prefix_len.unsqueeze(1) - 1, -100)
-        z = self(x, prefix_len=prefix_len)
+        z = self(x, prefix_len=prefix_len, attention_mask=attention_mask)
         return x, y, z
 
     def framing_ids(self) -> List[int]:

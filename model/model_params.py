@@ -29,6 +29,9 @@ class ModelParams:
     tie_embeddings: bool = True  # share the input embedding with the output projection
     bias: bool = True  # biases in linear layers and LayerNorms (RMSNorm has none)
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    embedding_norm: bool = False  # a norm (with `norm`) on the input embeddings, tokens + positions, before the first block (BERT's embeddings.LayerNorm)
+    head_transform: bool = False  # before the output projection: dense (dim -> dim), the activation, a norm (BERT's MLM head transform)
+    output_bias: bool = False  # a bias on the output projection's logits (BERT's MLM decoder bias)
     objective: str = "causal"  # what the model learns (model/objectives.py): "causal" (next token), "masked" (BERT's masked LM, attention both ways), "prefix" (prefix LM: both ways over a prefix, causal after it, loss after it) or "fim" (fill-in-the-middle, trained causally)
     mask_frac: float = 0.15  # masked: fraction of each sample's tokens chosen for the loss (of those 80% become <mask>, 10% a random token, 10% stay)
     fim_rate: float = 0.5  # fim: fraction of training samples rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle

@@ -83,10 +83,12 @@ def test_saved_objective_runs_load_and_compare(runs, capsys):
     assert "objective" in table.splitlines()[0] and "masked" in table and "fim" in table
 
 
-def test_export_refuses_the_bidirectional_objectives(runs, tmp_path):
-    for objective in ("masked", "prefix"):
-        with pytest.raises(ValueError, match=f"objective='{objective}'"):
-            export_hf(runs[objective]["save_folder"], tmp_path / objective)
+def test_export_refuses_prefix_runs_and_masked_runs_bert_cannot_express(runs, tmp_path):
+    with pytest.raises(ValueError, match="objective='prefix'"):
+        export_hf(runs["prefix"]["save_folder"], tmp_path / "prefix")
+    # a pre-LN masked model: BERT (the masked export family) is post-LN with an embedding norm and a head transform
+    with pytest.raises(ValueError, match=r"(?s)BERT: .*norm_first=True \(BERT is post-LN\).*embedding_norm=False"):
+        export_hf(runs["masked"]["save_folder"], tmp_path / "masked")
     assert (export_hf(runs["fim"]["save_folder"], tmp_path / "fim") / "config.json").is_file()
 
 

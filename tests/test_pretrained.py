@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
+from transformers import ElectraConfig, GPT2Config, GPT2LMHeadModel
 
 from data.data_params import DataParams
 from data.tokenizer import Tokenizer
@@ -62,10 +62,10 @@ def test_dtype_and_special_ids_from_the_config(tmp_path, gpt2_folder):
 
 
 def test_unsupported_or_broken_checkpoints_fail_clearly(tmp_path, gpt2_folder):
-    bert = tmp_path / "bert"
-    BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64).save_pretrained(bert)
-    with pytest.raises(ValueError, match=r"'bert' checkpoint.*Supported model_types: gpt2 \(GPT-2\)"):
-        get_pretrained(bert)
+    electra = tmp_path / "electra"
+    ElectraConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64).save_pretrained(electra)
+    with pytest.raises(ValueError, match=r"'electra' checkpoint.*Supported model_types: gpt2 \(GPT-2\)"):
+        get_pretrained(electra)
     with pytest.raises(FileNotFoundError, match="no model folder"):
         get_pretrained(tmp_path / "missing")
     with pytest.raises(OSError, match="(?s)could not load a model config from 'EleutherAI/not-in-the-cache'.*network"):

@@ -52,6 +52,10 @@ class ScaffoldLM(TemplateLM):
         super().__init__()
         if not isinstance(lm, LM):
             lm = load_run_lm(lm)
+        if lm.model_params.objective == "masked":
+            raise ValueError("lm-eval scores a task's answers by their next-token log-probabilities, which a masked "
+                             "LM (objective='masked': BERT, RoBERTa, DistilBERT, masked runs) does not give. Read it "
+                             "with lm.fill_mask, or score texts with lm.perplexities (its pseudo-perplexity).")
         self.lm = lm
         self.tokenizer = None  # lm-eval reads `tokenizer` for chat templates; ours has none
         self.batch_size = 16 if batch_size in (None, "auto") else int(batch_size)

@@ -21,7 +21,7 @@ def fill_mask(lm: nn.Module, text_or_ids: Any, top_k: Optional[int] = None, as_s
             which = f"input {i} " if batched else ""
             raise ValueError(f"{which}holds no mask token: write {tok.mask_token!r} (id {tok.mask_id}) where a "
                              f"token is to be predicted, e.g. 'the {tok.mask_token} sat'")
-    rows = [ids if ids[:1] == [tok.bos_id] else [tok.bos_id] + ids for ids in inputs]  # as training rows begin
+    rows = [ids if ids[:1] == [tok.bos_id] else framed(tok, ids) for ids in inputs]
     width = max(len(r) for r in rows)
     if width > lm.model_params.max_seq_len:
         raise ValueError(f"an input has {width} tokens (bos included), more than the model's context "
@@ -41,7 +41,8 @@ def fill_mask(lm: nn.Module, text_or_ids: Any, top_k: Optional[int] = None, as_s
         filled = list(ids)
         for position, best in zip(positions, probs[row, positions].argmax(dim=-1).tolist()):
             filled[position] = best
-        filled = filled[len(ids) - len(given):]  # without the bos put in front
+        start = 0 if ids == given else 1  # without the framing put around it
+        filled = filled[start:start + len(given)]
         results.append(tok.decode(filled) if as_str else filled)
     return results if batched else results[0]
 
@@ -62,12 +63,20 @@ def masked_token_losses(lm: nn.Module, x: Tensor, real: Tensor, counted: Tensor,
         inputs = x[r].clone()
         each = torch.arange(len(r), device=x.device)
         inputs[each, p] = lm.tokenizer.mask_id
-        logits = lm(inputs, attention_mask=real[r])[each, p]  # [n, vocab]: at each masked position
+        padded = not bool(real[r].all())  # without padding no key needs hiding: no mask to build and apply
+        logits = lm(inputs, attention_mask=real[r] if padded else None, logits_at=p)[:, 0]  # [n, vocab]: at each mask
         ce[r, p] = F.cross_entropy(logits.float(), x[r, p], reduction="none")
     return ce, scored
 
 
+def framed(tok: Any, ids: List[int]) -> List[int]:
+    """A text's ids as a masked model reads them: bos + ids, as the rows trained here begin; an encoder
+    checkpoint's tokenizer appends what its post-processor does ([CLS] ids [SEP] for BERT, <s> ids </s> for
+    RoBERTa: what transformers' fill-mask pipeline feeds the model)."""
+    return [tok.bos_id] + list(ids) + list(tok.suffix_ids)
+
+
 def masked_rows(lm: nn.Module, texts: List[List[int]]) -> List[List[int]]:
-    """Texts' ids as the rows a masked model trained on, `<eos> text <eos>` (its input is the row but the last)."""
-    tok = lm.tokenizer
-    return [[tok.bos_id] + ids + [tok.eos_id] for ids in texts]
+    """Texts' ids as rows whose all-but-last tokens are the masked model's input (framed, above): the rows
+    trained here are `<eos> text <eos>`."""
+    return [framed(lm.tokenizer, ids) + [lm.tokenizer.eos_id] for ids in texts]

@@ -59,6 +59,20 @@ def ff_width(model_params: ModelParams) -> int:
     return 4 * mp.dim
 
 
+class HeadTransform(nn.Module):
+    """BERT's MLM head transform (ModelParams.head_transform), between the last block and the output
+    projection: norm(act(dense(x))), [batch, seq, dim] -> [batch, seq, dim]."""
+
+    def __init__(self, model_params: ModelParams):
+        super().__init__()
+        self.dense = nn.Linear(model_params.dim, model_params.dim, bias=model_params.bias)
+        self.act = make_activation(model_params.activation)
+        self.norm = make_norm(model_params.dim, model_params)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(x)))
+
+
 def make_dropout(p: float) -> nn.Module:
     """nn.Dropout(p), or for p == 0 nn.Identity() (the same result)."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
