@@ -99,6 +99,7 @@ def small_gpt2(tmp_path_factory):
 def pretrained_checkpoints(tmp_path_factory, small_gpt2):
     """The hub names README's get_pretrained examples load -> small random checkpoints of their family
     (tests/pretrained_helpers.py), each with its tokenizer."""
+    from encoder_helpers import make_encoders
     from pretrained_helpers import CHECKPOINTS, make_checkpoint, save_tokenizer
     folder = tmp_path_factory.mktemp("gpt2-with-tokenizer")
     for f in small_gpt2.iterdir():
@@ -107,6 +108,8 @@ def pretrained_checkpoints(tmp_path_factory, small_gpt2):
     checkpoints = {"gpt2": folder}
     for hub_name, family in (("EleutherAI/pythia-70m", "pythia"), ("HuggingFaceTB/SmolLM-135M", "smollm")):
         checkpoints[hub_name] = make_checkpoint(tmp_path_factory.mktemp(family), *CHECKPOINTS[family][:2])
+    # the hub's bert-base-uncased is a BertForPreTraining checkpoint (pooler, next-sentence head)
+    checkpoints["bert-base-uncased"] = make_encoders(tmp_path_factory.mktemp("encoders"))["bert-pretraining"]
     return checkpoints
 
 
@@ -129,3 +132,4 @@ def test_python_examples(env, saved_timestamp, small_gpt2, pretrained_checkpoint
     assert (tmp_path / "metrics" / "first-run.png").stat().st_size > 0
     assert any((tmp_path / "attentions" / "first-run").glob("*.png"))
     assert any((tmp_path / "attentions" / "pythia").glob("*.png"))
+    assert any((tmp_path / "attentions" / "bert").glob("*.png")) and any((tmp_path / "attentions" / "ptb-bert").glob("*.png"))
