@@ -54,7 +54,8 @@ class Tokenizer:
         self.eos_id: int = eos_id
         self.bos_id: int = self.eos_id if bos_id is None else bos_id
         self.pad_id: int = self.eos_id if pad_id is None else pad_id
-        self.unk_id: Optional[int] = hf_tokenizer.token_to_id(UNK)
+        unk = UNK if hf_tokenizer.token_to_id(UNK) is not None else getattr(hf_tokenizer.model, "unk_token", None)
+        self.unk_id: Optional[int] = hf_tokenizer.token_to_id(unk) if unk else None  # BERT's is [UNK]
         self.mask_token: Optional[str] = mask_token if mask_token is not None else (
             MASK if hf_tokenizer.token_to_id(MASK) is not None else None)
         self.mask_id: Optional[int] = hf_tokenizer.token_to_id(self.mask_token) if self.mask_token else None
@@ -153,7 +154,11 @@ class Tokenizer:
     def __repr__(self) -> str:
         extra = f", mask={self.mask_id}" if self.mask_id is not None else ""
         extra += f", fim={self.fim_ids}" if self.fim_ids is not None else ""
-        return f"Tokenizer(vocab_size={self.vocab_size}, eos/bos/pad={self.eos_id}, unk={self.unk_id}{extra})"
+        if self.bos_id == self.eos_id == self.pad_id:
+            special = f"eos/bos/pad={self.eos_id}"
+        else:
+            special = f"bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id}"
+        return f"Tokenizer(vocab_size={self.vocab_size}, {special}, unk={self.unk_id}{extra})"
 
 
 def appended_ids(hf_tokenizer: HFTokenizer) -> Tuple[int, ...]:

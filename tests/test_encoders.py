@@ -16,6 +16,7 @@ from model.lm import LM
 from model.model_params import ModelParams
 from model_explorer import evaluate, show_lm_attns
 from pretrained import export_hf, get_pretrained
+from train.run_folder import load_run
 
 ENCODERS = ("bert", "roberta", "distilbert")
 
@@ -177,3 +178,18 @@ def test_masked_runs_bert_cannot_express_are_refused_naming_the_fields(tmp_path)
         with pytest.raises(ValueError, match=r"(?s)BERT: .*" + named.replace("(", r"\(").replace(")", r"\)")):
             export_hf(other, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_ptb_bert_config_trains_and_exports_through_the_command_line(tmp_path):
+    from main import main
+    results = main(["--config=ptb-bert", "--no-wandb", "--save", f"--save-dir={tmp_path / 'saved'}",
+                    "--set", "max_steps=3", "--set", "max_train_samples=96", "--set", "max_eval_samples=32"])
+    run = results[0]["save_folder"]
+    main(["--export-hf", str(run), str(tmp_path / "exported")])
+    lm = load_run(run).lm
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "exported").eval()
+    assert type(hf).__name__ == "BertForMaskedLM" and lm.model_params.objective == "masked"
+    x = torch.tensor([[lm.tokenizer.bos_id] + lm.tokenizer("the company said it <mask> to report")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, lm(x), atol=1e-5, rtol=0)
+    assert get_pretrained(tmp_path / "exported").fill_mask("the <mask> said") == lm.fill_mask("the <mask> said")
