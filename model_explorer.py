@@ -158,7 +158,8 @@ def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLik
     recomputed: Dict[str, float] = {}
     for key, name, want in wanted:
         if name not in recomputed:
-            recomputed[name] = lm1.perplexities(loaders[name], before_exp=True)[0]
+            # a masked model's validation loss is over its fixed masks, not the pseudo-perplexity
+            recomputed[name] = lm1.perplexities(loaders[name], before_exp=True, pseudo_perplexity=False)[0]
         loss = recomputed[name]
         _check(abs(loss - want) <= rtol * max(1.0, abs(want)),
                f"recomputed val:{name} loss {loss:.7f} != final.json's {key} {want:.7f} "

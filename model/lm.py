@@ -447,7 +447,7 @@ class LM(nn.Module):
 
     def perplexities(self, data: Union[Sequence[str], Any], per_token: bool = False, before_exp: bool = False,
                      dummy_res: float = -1, batch_size: int = 32, prefix_len: Optional[int] = None,
-                     ) -> Tuple[float, float, float, int, Union[Tensor, list]]:
+                     pseudo_perplexity: bool = True) -> Tuple[float, float, float, int, Union[Tensor, list]]:
         """Perplexity on `data`: a list of texts (each read as bos + text, batched by batch_size) or a
         DataLoader of batches (dicts with x_indices, mask and optionally target_mask).
 
@@ -463,10 +463,11 @@ class LM(nn.Module):
         None = 0, a causal read; a DataLoader: the fixed split of its validation loss); a masked model
         gives the pseudo-perplexity (Salazar et al. 2020), each text token scored with itself masked and
         the rest visible (per_token column i is then input token i itself, not token i + 1), one
-        forward per token, batch_size at a time.
+        forward per token, batch_size at a time; pseudo_perplexity=False scores its validation loss's fixed
+        masks instead (mask_frac of the tokens, the same in every run: what training reports).
         """
         return perplexities(self, data, per_token=per_token, before_exp=before_exp, dummy_res=dummy_res,
-                            batch_size=batch_size, prefix_len=prefix_len)
+                            batch_size=batch_size, prefix_len=prefix_len, pseudo_perplexity=pseudo_perplexity)
 
     # ---- looking inside: hook points (model/hooks.py lists the names and shapes) -----------
     def hook_names(self) -> List[str]:

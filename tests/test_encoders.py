@@ -193,3 +193,42 @@ def test_the_ptb_bert_config_trains_and_exports_through_the_command_line(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, lm(x), atol=1e-5, rtol=0)
     assert get_pretrained(tmp_path / "exported").fill_mask("the <mask> said") == lm.fill_mask("the <mask> said")
+
+
+def test_bert_options_compute_the_same_on_pytorchs_layer():
+    lm = bert_shaped_masked_lm().eval()
+    torch_layer = lm.with_layer_architecture("torch-transformer").eval()
+    x = torch.tensor([[lm.tokenizer.bos_id] + lm.tokenizer("the company said it <mask> to report a loss")])
+    with torch.no_grad():
+        torch.testing.assert_close(torch_layer(x), lm(x), atol=1e-5, rtol=0)
+    assert torch_layer.fill_mask("the <mask> said") == lm.fill_mask("the <mask> said")
+
+
+def test_a_bert_shaped_masked_run_resumes_to_the_same_weights_and_verifies(tmp_path):
+    import model_explorer
+    from data.data_params import DataParams
+    from main import build_arg_parser
+    from train.run import run_training
+    from train.runs import Namer
+    from train.train_params import TrainParams
+
+    def namer(max_steps: int, flags=()) -> Namer:
+        args = build_arg_parser().parse_args(["--no-wandb", "--save", f"--save-dir={tmp_path / 'saved'}", *flags])
+        bert = {k: v for k, v in dataclasses.asdict(bert_shaped_masked_lm().model_params).items()
+                if k in ("objective", "norm_first", "final_norm", "embedding_norm", "head_transform", "output_bias")}
+        return Namer(DataParams(dataset_name="sort", n_train_samples=64, n_eval_samples=16, min_len=2, max_len=4,
+                                long_len=6, max_seq_len=16),
+                     ModelParams(n_layers=1, dim=16, n_heads=4, **bert),
+                     TrainParams(epochs=3, batch_size=16, lr=1e-2, warmup_steps=2, lr_schedule="constant",
+                                 max_steps=max_steps, n_print_samples=1, precision="32"),
+                     args, config_name="test-bert")
+
+    reference = run_training(namer(6))
+    short = run_training(namer(3))
+    resumed = run_training(namer(6, [f"--resume={short['save_folder']}"]))
+    expected = load_run(reference["save_folder"]).lm.state_dict()
+    got = load_run(resumed["save_folder"]).lm.state_dict()
+    assert "head_transform.dense.weight" in expected and "out_proj.bias" in expected
+    assert all(torch.equal(got[name], tensor) for name, tensor in expected.items())
+    assert resumed["train_stats"]["stat/val_loss:main"] == reference["train_stats"]["stat/val_loss:main"]
+    model_explorer.verify_stable_load(reference["save_folder"])

@@ -45,7 +45,7 @@ def text_batches(lm: nn.Module, texts: Sequence[str], batch_size: int, prefix_le
 
 def perplexities(lm: nn.Module, data: Union[Sequence[str], Iterable[Batch]], per_token: bool = False,
                  before_exp: bool = False, dummy_res: float = -1, batch_size: int = 32, prefix_len: Optional[int] = None,
-                 ) -> Tuple[float, float, float, int, Union[Tensor, List]]:
+                 pseudo_perplexity: bool = True) -> Tuple[float, float, float, int, Union[Tensor, List]]:
     """See LM.perplexities."""
     if prefix_len is not None and lm.model_params.objective != "prefix":
         raise ValueError(f"prefix_len is for models trained with objective='prefix'; this one has "
@@ -73,7 +73,7 @@ def perplexities(lm: nn.Module, data: Union[Sequence[str], Iterable[Batch]], per
                 rows.append(torch.full((batch["x_indices"].shape[0], 0), float(dummy_res)))
                 continue
             batch = {k: (v.to(lm.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-            ce, counted = token_losses(lm, batch, batch_size)
+            ce, counted = token_losses(lm, batch, batch_size, pseudo_perplexity)
             values = ce if before_exp else ce.exp()
             # the batch's sums and extremes read back together: one device sync per batch
             ce_sum, n, batch_max, batch_min = torch.stack([
@@ -93,11 +93,11 @@ def perplexities(lm: nn.Module, data: Union[Sequence[str], Iterable[Batch]], per
     return mean, highest, lowest, total_tokens, (pad_and_stack(rows, dummy_res) if per_token else [])
 
 
-def token_losses(lm: nn.Module, batch: Batch, batch_size: int) -> Tuple[Tensor, Tensor]:
+def token_losses(lm: nn.Module, batch: Batch, batch_size: int, pseudo_perplexity: bool = True) -> Tuple[Tensor, Tensor]:
     """(cross-entropy [batch, seq - 1], 0 where not counted; counted [batch, seq - 1]) of a batch's rows: the
     next tokens (causal, fim, prefix: as get_batch_xyz counts them), or a masked model's pseudo-log-likelihood
-    terms at each input position."""
-    if lm.model_params.objective == "masked":
+    terms at each input position (pseudo_perplexity=False: its fixed masks, as get_batch_xyz in eval mode)."""
+    if lm.model_params.objective == "masked" and pseudo_perplexity:
         real = batch["mask"].bool()
         counted = real if batch.get("target_mask") is None else real & batch["target_mask"].bool()
         # as get_batch_xyz reads a row: all but its last token
