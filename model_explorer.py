@@ -106,7 +106,7 @@ class VerificationError(AssertionError):
 
 
 def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLike] = None,
-                       rtol: float = 1e-5, device: str = "cpu") -> Dict[str, Any]:
+                       rtol: float = 1e-5, device: str = "cpu", data_path: Optional[PathLike] = None) -> Dict[str, Any]:
     """Load a saved run twice and check: model.safetensors has the sha256 final.json recorded (the weights
     were not changed since); finite parameters and outputs (NaN reported as NaN); identical parameters;
     identical eval-mode outputs (two passes of one model, and the two loads); each validation loss
@@ -115,7 +115,8 @@ def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLik
     Prints each check; raises VerificationError on a mismatch. Returns the recomputed losses.
 
     A run trained on CUDA had its final losses measured with TF32 matmuls (train/run.py sets
-    float32 matmul precision "high"): recompute on device="cuda", or allow a larger rtol on the CPU."""
+    float32 matmul precision "high"): recompute on device="cuda", or allow a larger rtol on the CPU.
+    data_path: where the run's data lives, when not the default (a run trained with --data-path)."""
     folder = Path(timestamp_or_folder)
     if not folder.is_dir():
         folder = find_run_folder(str(timestamp_or_folder), save_dir)
@@ -126,7 +127,7 @@ def verify_stable_load(timestamp_or_folder: PathLike, save_dir: Optional[PathLik
         _check(digest == saved["weights_sha256"], f"model.safetensors (sha256 {digest[:12]}...) is not the file the "
                f"run saved (final.json's weights_sha256 {saved['weights_sha256'][:12]}...): the weights were changed")
         print("ok: model.safetensors has the hash final.json recorded")
-    lm1, dataset, _, _ = get_model_by_path(folder, device=device)
+    lm1, dataset, _, _ = get_model_by_path(folder, device=device, data_path=data_path)
     lm2 = load_run(folder, device=device).lm
 
     p1, p2 = dict(lm1.named_parameters()), dict(lm2.named_parameters())

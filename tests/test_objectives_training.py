@@ -7,6 +7,7 @@ import pytest
 from data.data_params import DataParams
 from main import build_arg_parser, main
 from model.model_params import ModelParams
+from model_explorer import verify_stable_load
 from pretrained import export_hf
 from run_comparison import record_of_folder, table_text
 from train.run import run_training
@@ -71,13 +72,15 @@ def test_a_prefix_model_continues_the_right_sentence(runs):
     assert lm.beam_search("we heard a duck", beam_size=2) == "we heard a duck that said quack ."
 
 
-def test_saved_objective_runs_load_and_compare(runs, capsys):
+def test_saved_objective_runs_load_and_compare(runs, data_folder, capsys):
     for objective, result in runs.items():
         run = load_run(result["save_folder"])
         assert run.lm.model_params.objective == objective
         assert run.lm(run.lm.tokenizer("i saw a cat"), get_attn=True)["attns"].shape[:2] == (1, 2)
         _, cache = run.lm.run_with_cache("i saw a cat", names=["blocks.0.attn.hook_pattern"])
         assert cache["blocks.0.attn.hook_pattern"].shape[-1] == 4  # four words, no bos
+        # the validation loss recomputed as training measured it (masked: its fixed masks; prefix: its fixed split)
+        verify_stable_load(result["save_folder"], data_path=data_folder)
     assert load_run(runs["masked"]["save_folder"]).lm.tokenizer.mask_id is not None
     table = table_text([record_of_folder(r["save_folder"]) for r in runs.values()])
     assert "objective" in table.splitlines()[0] and "masked" in table and "fim" in table
