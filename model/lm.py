@@ -167,11 +167,13 @@ class LM(nn.Module):
             if ids_ok:
                 raise
             raise ValueError(message) from None
+        if logits_at is not None:
+            logits_at = self.check_logits_at(logits_at, x)
         mask = self.hidden_keys(x, past, kv_cache, prefix_len, attention_mask)
         h, embeddings, attns = self.decoder(h, mask=mask, attn_requests=attn_requests, kv_cache=kv_cache,
                                             get_embeddings=get_embeddings, get_attn=get_attn)
         if logits_at is not None:  # [batch, n, dim]: the chosen positions
-            h = h.gather(1, logits_at.view(h.shape[0], -1, 1).expand(-1, -1, h.shape[-1]))
+            h = h.gather(1, logits_at.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
         elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         if self.head_transform is not None:
@@ -233,6 +235,18 @@ class LM(nn.Module):
             return False, (f"token ids must be in [0, {self.n_tokens - 1}] (the tokenizer's vocabulary), got ids "
                            f"from {lowest} to {highest}: encode text with lm.tokenizer")
         return True, ""
+
+    @staticmethod
+    def check_logits_at(logits_at: Any, x: Tensor) -> Tensor:
+        """logits_at as a [batch, n] LongTensor of positions of x [batch, seq]; a ValueError when it is not one."""
+        at = torch.as_tensor(logits_at, device=x.device)
+        if at.is_floating_point() or at.dim() not in (1, 2) or at.shape[0] != x.shape[0] or at.numel() == 0:
+            raise ValueError(f"logits_at needs integer positions, one per row ([batch] = [{x.shape[0]}]) or n per "
+                             f"row ([batch, n]), got {'a float tensor' if at.is_floating_point() else tuple(at.shape)}")
+        if at.min() < 0 or at.max() >= x.shape[1]:
+            raise ValueError(f"logits_at positions must be in [0, {x.shape[1] - 1}] (the input's positions), got "
+                             f"{at.min().item()} to {at.max().item()}")
+        return at.long().view(x.shape[0], -1)
 
     def hidden_keys(self, x: Tensor, past: int, kv_cache: Optional[DecoderCache], prefix_len: Any,
                     attention_mask: Optional[Tensor]) -> Optional[Tensor]:

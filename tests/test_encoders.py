@@ -139,6 +139,14 @@ def test_encoder_options_our_layer_does_not_compute_are_refused(tmp_path, folder
         lm.sample("the company")
     with pytest.raises(ValueError, match="masked LM.*pseudo-perplexity"):
         evaluate(lm, "ptb_next_word", limit=2)
+    with pytest.raises(ValueError, match="fill_mask got an empty list"):
+        lm.fill_mask([])
+    x = torch.tensor([[2, 5, 3]])
+    with pytest.raises(ValueError, match=r"logits_at positions must be in \[0, 2\]"):
+        lm(x, logits_at=torch.tensor([7]))
+    with pytest.raises(ValueError, match="logits_at needs integer positions, one per row"):
+        lm(x, logits_at=torch.tensor([0, 1]))
+    torch.testing.assert_close(lm(x, logits_at=torch.tensor([[0, 2]])), lm(x)[:, [0, 2]])
 
 
 def bert_shaped_masked_lm(seed: int = 0) -> LM:

@@ -15,6 +15,8 @@ def fill_mask(lm: nn.Module, text_or_ids: Any, top_k: Optional[int] = None, as_s
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int (or None for the filled-in text), got {top_k!r}")
     batched = is_prompt_list(text_or_ids)
+    if isinstance(text_or_ids, (list, tuple)) and len(text_or_ids) == 0:
+        raise ValueError("fill_mask got an empty list: give a text (or ids) holding the mask token, or a list of them")
     inputs = [lm.as_ids(t) for t in (text_or_ids if batched else [text_or_ids])]
     for i, ids in enumerate(inputs):
         if tok.mask_id not in ids:
