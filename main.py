@@ -12,6 +12,7 @@ checks, and training code is imported inside `run_all`. Exit status: 0 when ever
 """
 import argparse
 import copy
+import json
 import os
 import sys
 from pathlib import Path
@@ -307,8 +308,10 @@ def export_run(run: str, out_folder: str, save_dir: Optional[str] = None, force:
         out = export_hf(folder, out_folder, force=force)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"--export-hf {run}: {error}") from error
-    print(f"exported {folder} to {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "
-          f"and AutoTokenizer.from_pretrained({str(out)!r})")
+    architecture = json.loads((out / "config.json").read_text()).get("architectures", ["?"])[0]
+    auto_class = "AutoModelForMaskedLM" if architecture.endswith("ForMaskedLM") else "AutoModelForCausalLM"
+    print(f"exported {folder} to {out} ({architecture}): load it with transformers.{auto_class}.from_pretrained("
+          f"{str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
 
 
 def eval_command(args: argparse.Namespace) -> Dict[str, Any]:

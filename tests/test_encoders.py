@@ -188,12 +188,13 @@ def test_masked_runs_bert_cannot_express_are_refused_naming_the_fields(tmp_path)
     assert not (tmp_path / "refused").exists()
 
 
-def test_the_ptb_bert_config_trains_and_exports_through_the_command_line(tmp_path):
+def test_the_ptb_bert_config_trains_and_exports_through_the_command_line(tmp_path, capsys):
     from main import main
     results = main(["--config=ptb-bert", "--no-wandb", "--save", f"--save-dir={tmp_path / 'saved'}",
                     "--set", "max_steps=3", "--set", "max_train_samples=96", "--set", "max_eval_samples=32"])
     run = results[0]["save_folder"]
     main(["--export-hf", str(run), str(tmp_path / "exported")])
+    assert "(BertForMaskedLM): load it with transformers.AutoModelForMaskedLM" in capsys.readouterr().out
     lm = load_run(run).lm
     hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "exported").eval()
     assert type(hf).__name__ == "BertForMaskedLM" and lm.model_params.objective == "masked"
