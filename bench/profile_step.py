@@ -4,7 +4,8 @@ run_training sets it up, and (with --nanogpt DIR) nanoGPT's GPT in the same proc
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LM_DATA_PATH=../shared/data \
         .venv/bin/python bench/profile_step.py [--nanogpt /tmp/nanoGPT] [--steps 60] [--profile]
 
-The model is the one of ../shared/bench/vs-nanogpt.sh (4 layers, 4 heads, dim 128, context 64, batch 12,
+The model is the one of ../shared/bench/vs-nanogpt.sh (4 layers, 4 heads, dim 128, context 64, batch 12, no biases
+as nanoGPT's train.py has bias=False (--bias for ours with biases),
 Tiny Shakespeare characters, AdamW lr 1e-3, betas (0.9, 0.99), weight decay 0.1, gradient clipping at 1.0).
 Prints the median ms per step of each loop; --profile adds torch.profiler's table of the plain loop's ops (nanoGPT's with --only nanogpt).
 nanoGPT's code is imported from its own checkout for the comparison only (nothing of it is copied here).
@@ -34,7 +35,7 @@ def median_ms(step, steps: int, warmup: int = 5) -> float:
     return 1000 * statistics.median(times)
 
 
-def ours(precision: str):
+def ours(precision: str, bias: bool = False):
     from data.dataloader import DataParams, LMDataModule
     from model.lm import LM
     from model.model_params import ModelParams
@@ -45,7 +46,7 @@ def ours(precision: str):
                      beta2=0.99, precision=precision)
     dm = LMDataModule(dp, batch_size=12)
     torch.manual_seed(0)
-    lm = LM(ModelParams(n_layers=4, dim=128, n_heads=4, dropout=0.0, max_seq_len=64), dm.tokenizer)
+    lm = LM(ModelParams(n_layers=4, dim=128, n_heads=4, dropout=0.0, max_seq_len=64, bias=bias), dm.tokenizer)
     return dm, lm, tp, make_optimizer(lm, tp)
 
 
@@ -116,11 +117,13 @@ def main() -> None:
     parser.add_argument("--precision", default="32")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", default="plain,lightning,nanogpt")
+    parser.add_argument("--bias", action="store_true", help="biases in our linear layers and norms (nanoGPT's "
+                        "train.py has bias=False, and so do we by default here)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads, precision {args.precision}")
     only = args.only.split(",")
-    dm, lm, tp, optimizer = ours(args.precision)
+    dm, lm, tp, optimizer = ours(args.precision, args.bias)
     batches = [b for _, b in zip(range(args.steps + 40), dm.train_dataloader())]
     if "plain" in only:
         print(f"ours, plain loop:     {median_ms(plain_loop_step(lm, optimizer, batches), args.steps):6.2f} ms/step")

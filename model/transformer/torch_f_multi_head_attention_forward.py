@@ -95,8 +95,8 @@ class SelfAttention(nn.Module):
             attn_output_weights = attn_output_weights + alibi_bias(n_heads, query_positions, key_positions)
         # 5. mask: causal, the query at position p (p = n_keys - seq + i for query row i) sees keys 0..p only
         #    (and the whole prefix, objective "prefix"; every key, objective "masked"); never a padding key
-        if mask is not None:
-            attn_output_weights = attn_output_weights.masked_fill(mask, float("-inf"))
+        if mask is not None:  # in place: the scores are a new tensor (one copy fewer per block)
+            attn_output_weights = attn_output_weights.masked_fill_(mask, float("-inf"))
         # Edit the scores here (masked entries are -inf and must stay -inf, e.g. scale by a positive number).
         attn_output_weights = self.hook_attn_scores(attn_output_weights)
         attn_output_weights = softmax(attn_output_weights, dim=-1)
