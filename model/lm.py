@@ -222,7 +222,8 @@ class LM(nn.Module):
         if kv_cache is not None and x.shape[0] != kv_cache.batch_size:
             return False, (f"input has {x.shape[0]} rows but the kv cache was made for {kv_cache.batch_size}: "
                            f"make it with lm.new_kv_cache(batch_size={x.shape[0]})")
-        if past + x.shape[1] > max_len:
+        # a recurrent state reads on past the context (no positions, no window): sampling past it keeps the state
+        if past + x.shape[1] > max_len and not (past and isinstance(kv_cache, RecurrentState)):
             past_note = f" after {past} cached tokens" if past else ""
             return False, (f"input of {x.shape[1]} tokens{past_note} is longer than the model's context "
                            f"(model_params.max_seq_len = {max_len}): keep the last {max_len - past}, e.g. x[:, -{max_len - past}:]")
@@ -352,8 +353,9 @@ class LM(nn.Module):
         The model reads bos + pref (no second bos when pref's ids already start with it).
         Generation stops at eos (not included) if stop_at_eos, or when the returned sample reaches
         `max_seq_len` tokens (prefix included; the bos that sample puts in front is not part of it). A sample
-        may outgrow the model's context (model_params.max_seq_len): from there each new token is predicted
-        from the last context-long window, read afresh (as nanoGPT's generate crops), one forward per token.
+        may outgrow the model's context (model_params.max_seq_len): from there a transformer predicts each
+        new token from the last context-long window, read afresh (as nanoGPT's generate crops), one forward
+        per token; a recurrent model's state simply reads on (an RNN has no window).
         temperature 0 = greedy (argmax); top_k or nucleus (not both) restrict the sampled tokens.
         seed: reproducible samples (a private torch.Generator); None uses torch's global RNG.
         stop_at_eos=None: False for a model of stream-mode text, whose <eos> is a line end (so a bare

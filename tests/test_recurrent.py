@@ -77,8 +77,11 @@ def test_state_carried_step_by_step_equals_the_full_forward(tok, arch):
     pieces.append(lm(x[:, 9:], kv_cache=state))
     assert state.length == x.shape[1]
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    # a state reads on past the context (an RNN has no window); a first read longer than it is refused
+    longer = torch.cat([x] * (lm.model_params.max_seq_len // x.shape[1] + 1), dim=1)
+    assert lm(longer, kv_cache=state).shape[1] == longer.shape[1]
     with pytest.raises(ValueError, match="longer than the model's context"):
-        lm(x[:, :lm.model_params.max_seq_len], kv_cache=state)
+        lm(longer, kv_cache=lm.new_kv_cache())
 
 
 @pytest.mark.parametrize("arch", RECURRENT_ARCHITECTURES)

@@ -1,5 +1,6 @@
-"""Samples longer than the model's context (issue 26): sampling goes on past the context by reading the
-last context-long window afresh, equal to a plain loop that crops and recomputes (nanoGPT's generate);
+"""Samples longer than the model's context (issue 26): a transformer goes on past the context by reading the
+last context-long window afresh, equal to a plain loop that crops and recomputes (nanoGPT's generate), and
+a recurrent model's state reads on, equal to a plain loop over the whole sequence;
 and the decoding argument errors of the same round."""
 import subprocess
 import sys
@@ -20,12 +21,18 @@ def tok():
 
 
 def cropping_loop(lm, prompt_ids, length, temperature=0.0, seed=None):
-    """The plain way: the whole (cropped) sequence through lm at every step, no cache."""
+    """The plain way: the whole (cropped) sequence through lm at every step, no cache. A recurrent model
+    reads on past its context (an RNN has no window): the whole sequence, its state carried token by token."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = [lm.tokenizer.bos_id] + list(prompt_ids)
+    recurrent = lm.model_params.layer_architecture in ("lstm", "gru", "rnn")
     with torch.no_grad():
         while len(ids) - 1 < length:
-            logits = lm(torch.tensor([ids[-lm.model_params.max_seq_len:]]))[0, -1]
+            if recurrent:
+                state = lm.new_kv_cache()
+                logits = torch.cat([lm(torch.tensor([[i]]), kv_cache=state) for i in ids], dim=1)[0, -1]
+            else:
+                logits = lm(torch.tensor([ids[-lm.model_params.max_seq_len:]]))[0, -1]
             if temperature == 0:
                 ids.append(int(logits.argmax()))
             else:

@@ -9,6 +9,7 @@ from model.eval_mode import evaluating
 from model.decoding.cpu_speedups import cpu_decoding
 from model.decoding.prompts import left_padded, read_prompts
 from model.decoding.sample_text import render_sample
+from model.recurrent import RecurrentState
 
 
 def check_sampling_args(temperature: float, nucleus: Optional[float], top_k: Optional[int]) -> None:
@@ -65,9 +66,9 @@ def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], tempera
 
     The contexts run as one batch, left-padded to the longest (see prompts.py). They are read once into a
     key/value cache; then each step feeds only the newest token of each row. Rows that are done leave the
-    batch. Once the cache holds the model's context, every further step reads each row's last context_len
-    tokens afresh (as nanoGPT's generate crops them): a sample may be longer than the context, at the
-    cost of one context-long forward per token from there.
+    batch. Once a transformer's cache holds the model's context, every further step reads each row's last
+    context_len tokens afresh (as nanoGPT's generate crops them): a sample may be longer than the context,
+    at the cost of one context-long forward per token from there. A recurrent model's state reads on.
     generators: one per row (seeded sampling that does not depend on the batch), or None for torch's global RNG.
     Runs as the model is (call under no_grad / eval mode, as LM.sample does)."""
     new: List[List[int]] = [[] for _ in contexts]
@@ -105,7 +106,7 @@ def generate(lm: nn.Module, contexts: List[List[int]], n_new: List[int], tempera
             keep = torch.tensor(going_on, device=x.device)
             kv_cache.reorder(keep)
             x, rows = x[keep], [rows[i] for i in going_on]
-        if kv_cache.length < context_len:
+        if kv_cache.length < context_len or isinstance(kv_cache, RecurrentState):
             logits = lm(x, kv_cache=kv_cache)[:, -1]
         else:  # the context is full: read each row's last context_len tokens afresh (nanoGPT's crop)
             logits, kv_cache = read(rows)
