@@ -321,7 +321,7 @@ def eval_command(args: argparse.Namespace) -> Dict[str, Any]:
     limit = int(args.limit) if args.limit is not None and args.limit == int(args.limit) else args.limit
     from lm_eval.utils import make_table
     import torch
-    from train.lm_eval_adapter import check_eval_request, evaluate_full
+    from train.lm_eval_adapter import check_eval_request, check_evaluable, evaluate_full
     try:  # bad task names, include path or limit: refused before a model loads
         check_eval_request(args.tasks, limit, args.num_fewshot, args.include_path)
     except ValueError as error:
@@ -344,6 +344,7 @@ def eval_command(args: argparse.Namespace) -> Dict[str, Any]:
             from pretrained import get_pretrained
             lm = get_pretrained(args.eval).to(device)
             folder = path if path.is_dir() else Path(args.save_dir) / "pretrained" / args.eval.replace("/", "--")
+        check_evaluable(lm)
     except (ValueError, OSError) as error:
         raise ConfigError(f"--eval {args.eval}: {error}") from error
     out = evaluate_full(lm, args.tasks, num_fewshot=args.num_fewshot, limit=limit, batch_size=args.batch_size,

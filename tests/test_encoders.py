@@ -202,6 +202,10 @@ def test_the_ptb_bert_config_trains_and_exports_through_the_command_line(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, lm(x), atol=1e-5, rtol=0)
     assert get_pretrained(tmp_path / "exported").fill_mask("the <mask> said") == lm.fill_mask("the <mask> said")
+    # lm-eval cannot score a masked model: the command line says so, no traceback (exit 2)
+    with pytest.raises(SystemExit) as stop:
+        main(["--eval", str(run), "--tasks", "ptb_next_word", "--limit", "2"])
+    assert stop.value.code == 2 and "masked LM" in capsys.readouterr().err
 
 
 def test_bert_options_compute_the_same_on_pytorchs_layer():

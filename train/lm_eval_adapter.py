@@ -52,10 +52,7 @@ class ScaffoldLM(TemplateLM):
         super().__init__()
         if not isinstance(lm, LM):
             lm = load_run_lm(lm)
-        if lm.model_params.objective == "masked":
-            raise ValueError("lm-eval scores a task's answers by their next-token log-probabilities, which a masked "
-                             "LM (objective='masked': BERT, RoBERTa, DistilBERT, masked runs) does not give. Read it "
-                             "with lm.fill_mask, or score texts with lm.perplexities (its pseudo-perplexity).")
+        check_evaluable(lm)
         self.lm = lm
         self.tokenizer = None  # lm-eval reads `tokenizer` for chat templates; ours has none
         self.batch_size = 16 if batch_size in (None, "auto") else int(batch_size)
@@ -193,6 +190,14 @@ class ScaffoldLM(TemplateLM):
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
                 out.append(text)
         return collator.get_original(out)
+
+
+def check_evaluable(lm: LM) -> None:
+    """A ValueError for a model lm-eval cannot score: a masked LM gives no next-token log-probabilities."""
+    if lm.model_params.objective == "masked":
+        raise ValueError("lm-eval scores a task's answers by their next-token log-probabilities, which a masked "
+                         "LM (objective='masked': BERT, RoBERTa, DistilBERT, masked runs) does not give. Read it "
+                         "with lm.fill_mask, or score texts with lm.perplexities (its pseudo-perplexity).")
 
 
 def load_run_lm(run_folder_or_timestamp: Union[str, Path]) -> LM:
