@@ -315,9 +315,10 @@ def check_export_folder(out_folder: PathLike, force: bool = False) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"cannot export to {out}: {existing} is a file, not a folder. Give a new folder.")
-    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
-        raise ValueError(f"cannot export to {out}: {existing} is not writable (permissions or a read-only file "
-                         f"system). Give a folder you can write to.")
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY or \
+            not can_make_folder_in(existing):
+        raise ValueError(f"cannot export to {out}: {existing} is not writable (permissions, a read-only or "
+                         f"virtual file system such as /proc). Give a folder you can write to.")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     earlier_export = "config.json" in names and "model.safetensors" in names and set(names) <= set(EXPORT_FILES)
     if names and not earlier_export and not force:
@@ -327,6 +328,17 @@ def check_export_folder(out_folder: PathLike, force: bool = False) -> Path:
                          f"Give a new folder, or write into this one anyway with force=True (--force with "
                          f"--export-hf); an earlier export is overwritten without asking.")
     return out
+
+
+def can_make_folder_in(folder: Path) -> bool:
+    """Whether a folder can be created in `folder` (tried, then removed): permission bits do not tell for
+    every file system (/proc, /sys, some network mounts)."""
+    import tempfile
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".export-check-"))
+        return True
+    except OSError:
+        return False
 
 
 def load_run_lm(run_folder_or_timestamp: PathLike, force: bool = False) -> LM:

@@ -214,6 +214,9 @@ def test_export_hf_checks_the_output_folder_before_loading_the_model(
         err = capsys.readouterr().err
         assert info.value.code == 2 and "Traceback" not in err
         assert re.search(why, err), err
+    if Path("/proc").is_dir():  # a virtual file system: permission bits say writable (as root), mkdir fails
+        with pytest.raises(ValueError, match=r"cannot export to /proc/x: /proc is not writable"):
+            pretrained.export_hf(good_run, "/proc/x")
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a folder of another user (root writes anywhere)
     with pytest.raises(ValueError, match=r"cannot export to .*: .* is not writable"):
         pretrained.export_hf(good_run, tmp_path / "new")
