@@ -1,8 +1,15 @@
-"""GPT-2 through our LM (gpt2.convert_gpt2) against transformers' GPT2LMHeadModel, same weights.
+"""Decoding and perplexity: GPT-2 (or with --llama a Llama) through our LM against transformers' model, same weights.
 
     .venv/bin/python bench/bench_gpt2.py --threads 2                 # GPT-2-small-sized random model
     .venv/bin/python bench/bench_gpt2.py --threads 2 --small         # a small trained model's size (shakespeare-char)
     .venv/bin/python bench/bench_gpt2.py --n-layer 2 --n-embd 128 --n-head 2   # a quick check
+    .venv/bin/python bench/bench_gpt2.py --llama --n-layer 10 --n-kv-head 4 --only sampling,perplexity --threads 1
+                                         # a Llama shape (rope, rmsnorm, swiglu, GQA 12/4 heads, ff 2048): 101M
+
+--llama builds transformers' LlamaForCausalLM (GPT-2's BPE in a vocabulary padded to 50304, as checkpoints
+have; tied embeddings) and converts it with pretrained.convert, as get_pretrained does; --n-kv-head and
+--ff set its grouped-query heads and SwiGLU width. PyTorch's layer cannot compute a Llama block, so
+only our custom-transformer path runs then.
 
 Measures, best of --repeats rounds (every model once per round, in turn) after a warm-up:
   sampling:   tokens/s generating --new-tokens tokens greedily (batch 1) after a short prompt:
@@ -37,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from data.data_path import find_data_path  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 from gpt2 import convert_gpt2  # noqa: E402
+from pretrained import convert  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--beam-tokens", type=int, default=100, help="tokens to generate by beam search")
     parser.add_argument("--batch-prompts", type=int, default=16, help="prompts sampled as one batch")
     parser.add_argument("--batch-tokens", type=int, default=50, help="tokens to generate per batched prompt")
+    parser.add_argument("--llama", action="store_true", help="a Llama shape instead of GPT-2 (see above)")
+    parser.add_argument("--n-kv-head", type=int, default=None, help="--llama: key/value heads (default: --n-head)")
+    parser.add_argument("--ff", type=int, default=2048, help="--llama: SwiGLU hidden width (default: %(default)s)")
     parser.add_argument("--small", action="store_true",
                         help="a small trained model's shape instead: 4 layers, 4 heads, dim 128, 256 positions, "
                              "a character vocabulary (configs/shakespeare-char.txt's model)")
@@ -117,10 +128,29 @@ BATCH_TEXTS = ["Well the weather for the whole area will", "The", "In the beginn
                "He opened the door and saw", "One", "Prices rose sharply in the last quarter of"]
 
 
+def build_llama(args: argparse.Namespace, tokenizer_folder: Path):
+    """(transformers' LlamaForCausalLM, our LM, tokenizer): GPT-2's BPE in a vocabulary padded to 50304."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tokenizer = Tokenizer(Tokenizer.gpt2(str(tokenizer_folder)).hf, vocab_size=50304)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50304, hidden_size=args.n_embd, intermediate_size=args.ff,
+                         num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
+                         num_key_value_heads=args.n_kv_head or args.n_head, max_position_embeddings=args.n_positions,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                         initializer_range=0.1)  # wide, as for GPT-2 below: no near-ties in beam search
+    hf = LlamaForCausalLM(config).eval()
+    return hf, convert(hf, tokenizer), tokenizer
+
+
 def build_models(args: argparse.Namespace, device: torch.device):
-    """(transformers' GPT2LMHeadModel, {row name: our LM}, tokenizer), the same random weights."""
+    """(transformers' model, {row name: our LM}, tokenizer), the same random weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    if args.llama:
+        tokenizer_folder = Path(args.tokenizer) if args.tokenizer else (find_data_path() or Path("?")) / "gpt2-tokenizer"
+        hf, lm, tokenizer = build_llama(args, tokenizer_folder)
+        hf.generation_config.eos_token_id = None
+        return hf.to(device), {"ours (custom-transformer)": lm.to(device).eval()}, tokenizer
     if args.small:
         data = find_data_path()
         text = (data / "tinyshakespeare" / "input.txt").read_text()[:200_000] if data else BATCH_TEXTS[0]
@@ -161,8 +191,9 @@ def main() -> None:
 
     hf, models, tokenizer = build_models(args, device)
     n_params = sum(p.numel() for p in hf.parameters())
-    config = hf.config
-    print(f"GPT-2 shape: {config.n_layer} layers, {config.n_head} heads, dim {config.n_embd}, vocab {config.vocab_size}, "
+    mp = next(iter(models.values())).model_params
+    print(f"{'Llama' if args.llama else 'GPT-2'} shape: {mp.n_layers} layers, {mp.n_heads} heads "
+          f"({mp.n_kv_heads or mp.n_heads} kv), dim {mp.dim}, vocab {hf.config.vocab_size}, "
           f"{n_params / 1e6:.1f}M parameters; torch {torch.__version__}, device {device}, "
           f"{torch.get_num_threads()} threads, HF attention {hf.config._attn_implementation}, "
           f"timing {'CPU' if args.cpu_time else 'wall'} time")

@@ -11,8 +11,8 @@ from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
 from model.decoding.cpu_speedups import (_COPIES, DOUBLED_ROW_WEIGHT, FEW_ROWS, FEW_ROWS_WEIGHT, MANY_ROWS,
-                                         ONEDNN_WEIGHT, FastProducts, cpu_decoding, drop_copies, linear_weights,
-                                         onednn_available)
+                                         ONEDNN_WEIGHT, TRICKS, FastProducts, cpu_decoding, drop_copies,
+                                         linear_weights, onednn_available, tricks_that_pay)
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
 from test_gpt2 import EOS, random_gpt2, tokenizer_folder
@@ -164,6 +164,25 @@ def test_decoding_argument_errors(tok):
         lm.sample([[999], [3]])
 
 
+@pytest.fixture
+def every_trick(monkeypatch):
+    """cpu_decoding with every trick on, whatever this CPU measured (tricks_that_pay): their results are tested."""
+    monkeypatch.setattr("model.decoding.cpu_speedups.tricks_that_pay", lambda: {t: True for t in TRICKS})
+
+
+def test_tricks_are_measured_once_and_none_is_used_where_none_pays(tok, monkeypatch):
+    pays = tricks_that_pay()
+    assert set(pays) == set(TRICKS) and all(isinstance(v, bool) for v in pays.values())
+    assert tricks_that_pay() is pays  # measured once per process (and thread count)
+    monkeypatch.setattr("model.decoding.cpu_speedups.tricks_that_pay", lambda: {t: False for t in TRICKS})
+    lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8)
+    drop_copies(lm)
+    with cpu_decoding(lm):
+        assert all(w.is_contiguous() and w not in _COPIES for w in linear_weights(lm))
+        assert not isinstance(torch.overrides._get_current_function_mode(), FastProducts)
+    assert lm.sample("the", max_seq_len=8, temperature=0, as_str=False) == uncached_greedy(lm, tok, "the", 8)
+
+
 def fast_linear(x, weight, bias=None, onednn_copies=None):
     """F.linear as FastProducts computes it while decoding (no gradients)."""
     with torch.no_grad(), FastProducts(onednn_copies or {}):
@@ -199,7 +218,7 @@ def uncached_greedy(lm: LM, tok: Tokenizer, prompt: str, max_seq_len: int) -> li
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cpu_decoding_swaps_in_equal_copies_and_sees_edits(tok, arch):
+def test_cpu_decoding_swaps_in_equal_copies_and_sees_edits(tok, arch, every_trick):
     """Decoding on a CPU multiplies the large weights through oneDNN copies and reads the other block
     weights from [in, out]-ordered copies: the same values, undone afterwards, and remade after any
     edit (in place, or through .data); greedy sampling after the edits equals a plain forward loop."""
@@ -256,7 +275,7 @@ def test_onednn_products_agree_with_f_linear():
             assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
 
 
-def test_cpu_decoding_leaves_other_dtypes_to_blas(tok):
+def test_cpu_decoding_leaves_other_dtypes_to_blas(tok, every_trick):
     """oneDNN's bf16 product needs CPU features that not every machine has: a bfloat16 model decodes
     through the BLAS products, with no oneDNN copies, and gives its plain forward loop's tokens."""
     lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8).to(torch.bfloat16)
@@ -267,7 +286,7 @@ def test_cpu_decoding_leaves_other_dtypes_to_blas(tok):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batched_prompts_and_beams_through_onednn_match_one_by_one(tok, arch, monkeypatch):
+def test_batched_prompts_and_beams_through_onednn_match_one_by_one(tok, arch, monkeypatch, every_trick):
     """Weights large enough for oneDNN's product (cpu_speedups.ONEDNN_WEIGHT): 9 prompts as one batch
     (9 rows, fewer as rows finish) give the tokens of sampling each alone (one row), and beam search (5
     beams; its prompt read as 9 positions) the sequences and scores it finds without oneDNN."""

@@ -18,14 +18,20 @@ bench/bench_decoding.py; bench/RESULTS.md). Within the block, on a CPU:
   (about 7% per token on the shakespeare-char shape).
 Afterwards the weights are as before.
 
+Which of these pays depends on the CPU and its BLAS (they were found on an AVX2 AMD EPYC, where each wins;
+on an AVX-512 Intel Xeon with MKL, oneDNN's product and the doubled row lose to plain F.linear). So each
+trick is used only where it measured faster: `tricks_that_pay()` times it against F.linear once per
+process, on weights of the sizes it is for (about 0.1 s, at the first decoding call).
+
 The copies are kept for the next call, beside the weights rather than on the LM (so that copying,
 pickling or saving the LM never meets them), until the weights are freed or `drop_copies(lm)`. They are
 remade when a weight changed: a new tensor, its version counter (in-place edits, optimizer steps,
 load_state_dict) or its sum (edits through `.data`, which the version counter does not see). They cost
 memory (GPT-2 small: 500 MB): none are made when the weights add up to more than MAX_COPIED values.
 """
+import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,15 +46,59 @@ FEW_ROWS = 64  # from 2 up to this many rows, weight @ x.T is faster than F.line
 MANY_ROWS = 8  # with a oneDNN copy: 1 row, or this many rows and more, go through oneDNN
 MAX_COPIED = 1 << 28  # 268M values (GPT-2 small: 124M): beyond this, decode with the weights as they are
 _COPIES = WeakIdKeyDictionary()  # weight -> {kind: ((data_ptr, version), sum, copy)}; gone with the weight
+TRICKS = ("onednn", "few_rows", "doubled_row", "in_out")
+PAYS_FROM = 0.95  # a trick is used when it takes at most this fraction of F.linear's time
+_MEASURED: Dict[int, Dict[str, bool]] = {}  # torch threads -> tricks_that_pay() for that many threads
+
+
+def tricks_that_pay() -> Dict[str, bool]:
+    """{trick: whether it beats F.linear here}, measured once per process (and thread count) on weights of
+    the sizes each trick is for: oneDNN's product of one row by a 768 x 2304 weight, weight @ x.T for 4 rows
+    of a 3072 x 768 one, a doubled row of a bias-free 8192 x 768 head, one row by a 512 x 128 weight in
+    [in, out] order. Best of 3 rounds of 10 products each."""
+    threads = torch.get_num_threads()
+    if threads not in _MEASURED:
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            w_large, w_wide = torch.randn(2304, 768, generator=generator), torch.randn(3072, 768, generator=generator)
+            w_head, w_small = torch.randn(8192, 768, generator=generator), torch.randn(512, 128, generator=generator)
+            one, four, small_one = torch.randn(1, 768), torch.randn(4, 768), torch.randn(1, 128)
+            small_in_out = w_small.t().contiguous().t()
+            candidates = {
+                "few_rows": (lambda: F.linear(four, w_wide), lambda: torch.mm(w_wide, four.t()).t()),
+                "doubled_row": (lambda: F.linear(one, w_head), lambda: torch.mm(w_head, torch.cat((one, one)).t())[:, :1].t()),
+                "in_out": (lambda: F.linear(small_one, w_small), lambda: F.linear(small_one, small_in_out)),
+            }
+            if onednn_available():
+                w_onednn = w_large.to_mkldnn()
+                candidates["onednn"] = (lambda: F.linear(one, w_large),
+                                        lambda: torch._C._nn.mkldnn_linear(one.to_mkldnn(), w_onednn, None).to_dense())
+            pays = {trick: False for trick in TRICKS}
+            for trick, (plain, faster) in candidates.items():
+                pays[trick] = best_time(faster) <= PAYS_FROM * best_time(plain)
+        _MEASURED[threads] = pays
+    return _MEASURED[threads]
+
+
+def best_time(product: Callable[[], Tensor], rounds: int = 3, calls: int = 10) -> float:
+    product()  # warm-up (first-call allocations, oneDNN's kernel choice)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            product()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 class FastProducts(TorchFunctionMode):
     """While active: F.linear(x, weight, bias) computed the fastest way known for its rows and weight
     (see the module docstring); every other op, and products with gradients on, run as they are."""
 
-    def __init__(self, onednn_copies: Dict[int, Tensor]):
+    def __init__(self, onednn_copies: Dict[int, Tensor], pays: Optional[Dict[str, bool]] = None):
         super().__init__()
         self.onednn_copies = onednn_copies  # id(weight) -> its oneDNN copy
+        self.pays = pays if pays is not None else {trick: True for trick in TRICKS}  # tricks_that_pay()
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -62,7 +112,8 @@ class FastProducts(TorchFunctionMode):
             return torch._C._nn.mkldnn_linear(x.to_mkldnn(), onednn_weight, bias).to_dense()
         if x.device.type != "cpu" or weight.numel() < FEW_ROWS_WEIGHT:
             return func(*args, **kwargs)
-        if 2 <= rows <= FEW_ROWS or (rows == 1 and bias is None and weight.numel() >= DOUBLED_ROW_WEIGHT):
+        if (2 <= rows <= FEW_ROWS and self.pays["few_rows"]) or \
+                (rows == 1 and bias is None and weight.numel() >= DOUBLED_ROW_WEIGHT and self.pays["doubled_row"]):
             x_rows = x.reshape(rows, x.shape[-1])
             if rows == 1:
                 x_rows = torch.cat((x_rows, x_rows))
@@ -95,10 +146,12 @@ def cpu_decoding(lm: nn.Module, rows: int = 1) -> Iterator[None]:
     if not weights or weights[0].device.type != "cpu" or sum(w.numel() for w in weights) > MAX_COPIED:
         yield
         return
+    pays = tricks_that_pay()
     large = ([w for w in weights if w.numel() >= ONEDNN_WEIGHT and w.dtype == torch.float32]  # fp32: any x86 CPU
-             if onednn_available() else [])
+             if onednn_available() and pays["onednn"] else [])
     block_weights, onednn_weights = {id(w) for w in linear_weights(lm.decoder)}, {id(w) for w in large}
-    in_out = [w for w in weights if id(w) in block_weights and id(w) not in onednn_weights] if rows == 1 else []
+    in_out = [w for w in weights if id(w) in block_weights and id(w) not in onednn_weights] \
+        if rows == 1 and pays["in_out"] else []
     originals = []
     try:
         with torch.no_grad():
@@ -106,8 +159,8 @@ def cpu_decoding(lm: nn.Module, rows: int = 1) -> Iterator[None]:
             for weight in in_out:
                 originals.append((weight, weight.data))
                 weight.data = _copy(weight, "in_out", lambda w: w.t().contiguous()).t()
-        if any(w.numel() >= FEW_ROWS_WEIGHT for w in weights):
-            with FastProducts(onednn_copies):
+        if (large or pays["few_rows"] or pays["doubled_row"]) and any(w.numel() >= FEW_ROWS_WEIGHT for w in weights):
+            with FastProducts(onednn_copies, pays):
                 yield
         else:
             yield
