@@ -11,8 +11,8 @@ from data.tokenizer import Tokenizer
 from gpt2 import convert_gpt2
 from model.lm import LM
 from model.decoding.cpu_speedups import (_COPIES, DOUBLED_ROW_WEIGHT, FEW_ROWS, FEW_ROWS_WEIGHT, MANY_ROWS,
-                                         ONEDNN_WEIGHT, TRICKS, FastProducts, cpu_decoding, drop_copies,
-                                         linear_weights, onednn_available, tricks_that_pay)
+                                         MEASURED_FASTER_ON, ONEDNN_WEIGHT, TRICKS, FastProducts, cpu_decoding,
+                                         cpu_vendor, drop_copies, linear_weights, onednn_available, trick_pays)
 from model_helpers import ARCHS, char_tokenizer
 from model_helpers import make_spread_lm as make_lm
 from test_gpt2 import EOS, random_gpt2, tokenizer_folder
@@ -166,15 +166,17 @@ def test_decoding_argument_errors(tok):
 
 @pytest.fixture
 def every_trick(monkeypatch):
-    """cpu_decoding with every trick on, whatever this CPU measured (tricks_that_pay): their results are tested."""
-    monkeypatch.setattr("model.decoding.cpu_speedups.tricks_that_pay", lambda: {t: True for t in TRICKS})
+    """cpu_decoding with every trick on, whatever this CPU is (trick_pays): their results are tested everywhere."""
+    monkeypatch.setattr("model.decoding.cpu_speedups.trick_pays", lambda trick: True)
 
 
-def test_tricks_are_measured_once_and_none_is_used_where_none_pays(tok, monkeypatch):
-    pays = tricks_that_pay()
-    assert set(pays) == set(TRICKS) and all(isinstance(v, bool) for v in pays.values())
-    assert tricks_that_pay() is pays  # measured once per process (and thread count)
-    monkeypatch.setattr("model.decoding.cpu_speedups.tricks_that_pay", lambda: {t: False for t in TRICKS})
+def test_tricks_run_where_they_measured_faster_and_none_elsewhere(tok, monkeypatch):
+    """The CPU tricks run on the CPUs they were measured faster on (AMD) only; elsewhere decoding is plain."""
+    assert all(trick_pays(t) == (cpu_vendor() in MEASURED_FASTER_ON and (t != "onednn" or onednn_available()))
+               for t in TRICKS)
+    with pytest.raises(ValueError, match="unknown trick 'fast'"):
+        trick_pays("fast")
+    monkeypatch.setattr("model.decoding.cpu_speedups.trick_pays", lambda trick: False)
     lm = make_lm(tok, layer_architecture="custom-transformer", n_layers=1, dim=640, n_heads=8)
     drop_copies(lm)
     with cpu_decoding(lm):

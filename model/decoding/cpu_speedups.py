@@ -18,10 +18,9 @@ bench/bench_decoding.py; bench/RESULTS.md). Within the block, on a CPU:
   (about 7% per token on the shakespeare-char shape).
 Afterwards the weights are as before.
 
-Which of these pays depends on the CPU and its BLAS (they were found on an AVX2 AMD EPYC, where each wins;
-on an AVX-512 Intel Xeon with MKL, oneDNN's product and the doubled row lose to plain F.linear). So each
-trick is used only where it measured faster: `tricks_that_pay()` times it against F.linear once per
-process, on weights of the sizes it is for (about 0.1 s, at the first decoding call).
+Which of these pays depends on the CPU and its BLAS: they were found on an AVX2 AMD EPYC, where each wins,
+and on an AVX-512 Intel Xeon they lose to plain F.linear (GPT-2 small greedy: 30 against 42 tokens/s). So
+they run only on the CPUs where they measured faster (`trick_pays`, `MEASURED_FASTER_ON`).
 
 The copies are kept for the next call, beside the weights rather than on the LM (so that copying,
 pickling or saving the LM never meets them), until the weights are freed or `drop_copies(lm)`. They are
@@ -29,7 +28,7 @@ remade when a weight changed: a new tensor, its version counter (in-place edits,
 load_state_dict) or its sum (edits through `.data`, which the version counter does not see). They cost
 memory (GPT-2 small: 500 MB): none are made when the weights add up to more than MAX_COPIED values.
 """
-import time
+import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -47,48 +46,31 @@ MANY_ROWS = 8  # with a oneDNN copy: 1 row, or this many rows and more, go throu
 MAX_COPIED = 1 << 28  # 268M values (GPT-2 small: 124M): beyond this, decode with the weights as they are
 _COPIES = WeakIdKeyDictionary()  # weight -> {kind: ((data_ptr, version), sum, copy)}; gone with the weight
 TRICKS = ("onednn", "few_rows", "doubled_row", "in_out")
-PAYS_FROM = 0.95  # a trick is used when it takes at most this fraction of F.linear's time
-_MEASURED: Dict[int, Dict[str, bool]] = {}  # torch threads -> tricks_that_pay() for that many threads
+MEASURED_FASTER_ON = ("AuthenticAMD",)  # CPU vendors on which every trick measured faster than F.linear
 
 
-def tricks_that_pay() -> Dict[str, bool]:
-    """{trick: whether it beats F.linear here}, measured once per process (and thread count) on weights of
-    the sizes each trick is for: oneDNN's product of one row by a 768 x 2304 weight, weight @ x.T for 4 rows
-    of a 3072 x 768 one, a doubled row of a bias-free 8192 x 768 head, one row by a 512 x 128 weight in
-    [in, out] order. Best of 3 rounds of 10 products each."""
-    threads = torch.get_num_threads()
-    if threads not in _MEASURED:
-        with torch.no_grad():
-            generator = torch.Generator().manual_seed(0)
-            w_large, w_wide = torch.randn(2304, 768, generator=generator), torch.randn(3072, 768, generator=generator)
-            w_head, w_small = torch.randn(8192, 768, generator=generator), torch.randn(512, 128, generator=generator)
-            one, four, small_one = torch.randn(1, 768), torch.randn(4, 768), torch.randn(1, 128)
-            small_in_out = w_small.t().contiguous().t()
-            candidates = {
-                "few_rows": (lambda: F.linear(four, w_wide), lambda: torch.mm(w_wide, four.t()).t()),
-                "doubled_row": (lambda: F.linear(one, w_head), lambda: torch.mm(w_head, torch.cat((one, one)).t())[:, :1].t()),
-                "in_out": (lambda: F.linear(small_one, w_small), lambda: F.linear(small_one, small_in_out)),
-            }
-            if onednn_available():
-                w_onednn = w_large.to_mkldnn()
-                candidates["onednn"] = (lambda: F.linear(one, w_large),
-                                        lambda: torch._C._nn.mkldnn_linear(one.to_mkldnn(), w_onednn, None).to_dense())
-            pays = {trick: False for trick in TRICKS}
-            for trick, (plain, faster) in candidates.items():
-                pays[trick] = best_time(faster) <= PAYS_FROM * best_time(plain)
-        _MEASURED[threads] = pays
-    return _MEASURED[threads]
+@functools.lru_cache(maxsize=None)
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id ("AuthenticAMD", "GenuineIntel"; "" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
-def best_time(product: Callable[[], Tensor], rounds: int = 3, calls: int = 10) -> float:
-    product()  # warm-up (first-call allocations, oneDNN's kernel choice)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            product()
-        best = min(best, time.perf_counter() - start)
-    return best
+def trick_pays(trick: str) -> bool:
+    """Whether `trick` (one of TRICKS) beats plain F.linear on this CPU. Measured (bench/RESULTS.md): on an AMD
+    EPYC each does; on an Intel Xeon none does clearly, and oneDNN's product and the doubled row lose by 2-3x.
+    Other CPUs are unmeasured, so they get F.linear as it is: the tricks run on AMD CPUs only. A fixed rule
+    rather than a timing at run time (tried: the choice flipped between processes at these microsecond
+    products), so that a decoding's float rounding does not depend on how busy the machine was."""
+    if trick not in TRICKS:
+        raise ValueError(f"unknown trick {trick!r}: one of {', '.join(TRICKS)}")
+    return cpu_vendor() in MEASURED_FASTER_ON and (trick != "onednn" or onednn_available())
 
 
 class FastProducts(TorchFunctionMode):
@@ -98,7 +80,8 @@ class FastProducts(TorchFunctionMode):
     def __init__(self, onednn_copies: Dict[int, Tensor], pays: Optional[Dict[str, bool]] = None):
         super().__init__()
         self.onednn_copies = onednn_copies  # id(weight) -> its oneDNN copy
-        self.pays = pays if pays is not None else {trick: True for trick in TRICKS}  # tricks_that_pay()
+        # which of the few-rows and doubled-row products to use (cpu_decoding: those that pay); None: both
+        self.pays = pays if pays is not None else {"few_rows": True, "doubled_row": True}
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -146,12 +129,15 @@ def cpu_decoding(lm: nn.Module, rows: int = 1) -> Iterator[None]:
     if not weights or weights[0].device.type != "cpu" or sum(w.numel() for w in weights) > MAX_COPIED:
         yield
         return
-    pays = tricks_that_pay()
     large = ([w for w in weights if w.numel() >= ONEDNN_WEIGHT and w.dtype == torch.float32]  # fp32: any x86 CPU
-             if onednn_available() and pays["onednn"] else [])
+             if onednn_available() else [])
+    large = large if large and trick_pays("onednn") else []
     block_weights, onednn_weights = {id(w) for w in linear_weights(lm.decoder)}, {id(w) for w in large}
-    in_out = [w for w in weights if id(w) in block_weights and id(w) not in onednn_weights] \
-        if rows == 1 and pays["in_out"] else []
+    in_out = [w for w in weights if id(w) in block_weights and id(w) not in onednn_weights] if rows == 1 else []
+    in_out = in_out if in_out and trick_pays("in_out") else []
+    biggest = max(w.numel() for w in weights)
+    pays = {"few_rows": biggest >= FEW_ROWS_WEIGHT and trick_pays("few_rows"),
+            "doubled_row": biggest >= DOUBLED_ROW_WEIGHT and trick_pays("doubled_row")}
     originals = []
     try:
         with torch.no_grad():
@@ -159,7 +145,7 @@ def cpu_decoding(lm: nn.Module, rows: int = 1) -> Iterator[None]:
             for weight in in_out:
                 originals.append((weight, weight.data))
                 weight.data = _copy(weight, "in_out", lambda w: w.t().contiguous()).t()
-        if (large or pays["few_rows"] or pays["doubled_row"]) and any(w.numel() >= FEW_ROWS_WEIGHT for w in weights):
+        if large or pays["few_rows"] or pays["doubled_row"]:
             with FastProducts(onednn_copies, pays):
                 yield
         else:
