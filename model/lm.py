@@ -390,6 +390,7 @@ class LM(nn.Module):
         pref may be a list of prompts (as in `sample`): then a list of those results comes back.
         Text as in `sample` (stream mode: <eos> as a newline, seen only with stop_at_eos=False).
         hooks: as in `sample` (the batch rows are then the beams). A prefix model reads the prompt as its prefix.
+        Past the model's context each beam is read from its last context-long window, as `sample` does.
         """
         self.refuse_for_masked("beam_search")
         with self.hooks(hooks):

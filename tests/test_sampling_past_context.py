@@ -60,6 +60,42 @@ def test_seeded_and_batched_samples_past_the_context(tok, arch):
     assert alone[1] == cropping_loop(lm, tok("hello w"), 30, temperature=0.9, seed=5)
 
 
+@pytest.mark.parametrize("arch", ["custom-transformer", "torch-transformer", "lstm"])
+def test_beam_search_goes_past_the_context(tok, arch):
+    """Beam search also runs to max_seq_len past the context (each beam's last context-long window read
+    afresh, as sampling crops; a recurrent state reads on): one beam is the greedy sample, a batch of
+    prompts of different lengths gives what each gives alone, and more beams find a sequence at least as
+    likely as greedy's by the model's own scoring of the same crops."""
+    lm = make_lm(tok, max_seq_len=10, layer_architecture=arch, seed=4).eval()
+    greedy = lm.sample("abc", max_seq_len=26, temperature=0, as_str=False, stop_at_eos=False)
+    assert lm.beam_search("abc", beam_size=1, max_seq_len=26, as_str=False, stop_at_eos=False) == greedy
+    prompts = ["a", "hello wo", "bcd"]
+    alone = [lm.beam_search(p, beam_size=3, n_best=2, max_seq_len=24, as_str=False, stop_at_eos=False) for p in prompts]
+    batched = lm.beam_search(prompts, beam_size=3, n_best=2, max_seq_len=24, as_str=False, stop_at_eos=False)
+    assert [[ids for ids, _ in b] for b in batched] == [[ids for ids, _ in a] for a in alone]
+    assert all(len(ids) == 24 for b in batched for ids, _ in b)
+    best, score = lm.beam_search("abc", beam_size=4, n_best=2, max_seq_len=26, as_str=False, stop_at_eos=False,
+                                 length_penalty=0.0)[0]  # length_penalty 0: the score is the log-probability sum
+
+    def cropped_log_prob(ids):  # the log-probability of ids' new tokens as the crops read them
+        context, total = [lm.tokenizer.bos_id] + tok("abc"), 0.0
+        with torch.no_grad():
+            for token in ids[len(tok("abc")):]:
+                window = torch.tensor([context[-lm.model_params.max_seq_len:]])
+                if arch == "lstm":
+                    window = torch.tensor([context])
+                    state = lm.new_kv_cache()
+                    logits = torch.cat([lm(window[:, i:i + 1], kv_cache=state) for i in range(window.shape[1])], 1)
+                else:
+                    logits = lm(window)
+                total += logits[0, -1].log_softmax(-1)[token].item()
+                context.append(token)
+        return total
+
+    assert len(best) == 26 and score == pytest.approx(cropped_log_prob(best), abs=1e-3)
+    assert cropped_log_prob(best) >= cropped_log_prob(greedy) - 1e-4
+
+
 def test_hooks_act_past_the_context(tok):
     lm = make_lm(tok, max_seq_len=10, seed=3).eval()
     steps = []

@@ -21,8 +21,9 @@ from torch import nn
 
 from model.eval_mode import evaluating
 from model.decoding.cpu_speedups import cpu_decoding
-from model.decoding.prompts import fitting_groups, left_padded, read_prompts
+from model.decoding.prompts import left_padded, read_prompts
 from model.decoding.sample_text import render_sample
+from model.recurrent import RecurrentState
 
 IMPOSSIBLE = -1.0e9  # transformers' score for candidates that must not be chosen
 Hypothesis = Tuple[List[int], float]  # (new token ids, eos included when it ended with eos; score)
@@ -58,13 +59,12 @@ def beam_search(lm: nn.Module, pref: Any = "", beam_size: int = 4, max_seq_len: 
     found: List[List[Hypothesis]] = [[([], 0.0)] * n_best for _ in prompts.contexts]  # prompts adding no token
     # inference mode: less bookkeeping per op than no_grad; cpu_decoding: faster products on a CPU
     with evaluating(lm), cpu_decoding(lm, rows=beam_size * len(prompts.contexts)), torch.inference_mode():
-        for group in fitting_groups(prompts.contexts, prompts.n_new, lm.model_params.max_seq_len):
-            group = [i for i in group if prompts.n_new[i] > 0]
-            if group:
-                hypotheses = search(lm, [prompts.contexts[i] for i in group], [prompts.n_new[i] for i in group],
-                                    beam_size, length_penalty, stop_at_eos)
-                for i, best in zip(group, hypotheses):
-                    found[i] = best[:n_best]
+        group = [i for i in range(len(prompts.contexts)) if prompts.n_new[i] > 0]
+        if group:
+            hypotheses = search(lm, [prompts.contexts[i] for i in group], [prompts.n_new[i] for i in group],
+                                beam_size, length_penalty, stop_at_eos)
+            for i, best in zip(group, hypotheses):
+                found[i] = best[:n_best]
     eos = lm.tokenizer.eos_id
     results = []
     for given, best in zip(prompts.given, found):
@@ -78,12 +78,23 @@ def beam_search(lm: nn.Module, pref: Any = "", beam_size: int = 4, max_seq_len: 
 def search(lm: nn.Module, contexts: List[List[int]], n_new: List[int], beam_size: int, length_penalty: float,
            stop_at_eos: bool) -> List[List[Hypothesis]]:
     """For each context (ids starting with bos; one left-padded batch, n_new[p] >= 1 new tokens at most),
-    its beam_size hypotheses, best first. Runs as the model is (LM.beam_search calls it in eval mode)."""
+    its beam_size hypotheses, best first. Runs as the model is (LM.beam_search calls it in eval mode).
+    Once a transformer's cache holds the model's context, each step reads every beam's last context-long
+    window afresh, as sampling does (a recurrent model's state reads on)."""
     device, K = lm.device, beam_size
-    x, pad_left = left_padded(contexts, lm.tokenizer.pad_id, device)
-    kv_cache = lm.new_kv_cache(len(contexts), pad_left=pad_left)
-    prefix_len = x.shape[1] if lm.model_params.objective == "prefix" else None  # the prompts, read both ways
-    logits = lm(x, kv_cache=kv_cache, logits_to_keep=1, prefix_len=prefix_len)[:, -1]
+    context_len = lm.model_params.max_seq_len
+
+    def read(windows: List[List[int]], n_new_tokens: int) -> Tuple[torch.Tensor, Any]:
+        """Next-token logits [rows, vocab] of each window (left-padded into one batch), and their cache. A prefix
+        model reads the prompt's part of each window (not its n_new_tokens new tokens) as its prefix."""
+        x, pad_left = left_padded(windows, lm.tokenizer.pad_id, device)
+        kv_cache = lm.new_kv_cache(len(windows), pad_left=pad_left)
+        prefix_len = None
+        if lm.model_params.objective == "prefix":  # padding + the window's tokens that are not new
+            prefix_len = [x.shape[1] - len(w) + max(0, len(w) - n_new_tokens) for w in windows]
+        return lm(x, kv_cache=kv_cache, logits_to_keep=1, prefix_len=prefix_len)[:, -1], kv_cache
+
+    logits, kv_cache = read(contexts, 0)
     rows = torch.arange(len(contexts), device=device).repeat_interleave(K)  # each prompt's row K times
     kv_cache.reorder(rows)
     logits = logits[rows]
@@ -142,6 +153,12 @@ def search(lm: nn.Module, contexts: List[List[int]], n_new: List[int], beam_size
             max_new, running_scores, running, source_rows = (t[left] for t in (max_new, running_scores, running, source_rows))
             hypotheses, hypothesis_scores, hypothesis_lengths, is_hypothesis = (
                 t[left] for t in (hypotheses, hypothesis_scores, hypothesis_lengths, is_hypothesis))
-        kv_cache.reorder(source_rows.flatten())
-        logits = lm(running[:, :, step].reshape(-1, 1), kv_cache=kv_cache)[:, -1]
+        if kv_cache.length < context_len or isinstance(kv_cache, RecurrentState):
+            kv_cache.reorder(source_rows.flatten())
+            logits = lm(running[:, :, step].reshape(-1, 1), kv_cache=kv_cache)[:, -1]
+        else:  # the context is full: every beam's last context_len tokens, read afresh (as sampling crops)
+            beams = running[:, :, :step + 1].tolist()
+            windows = [(contexts[p] + new)[-context_len:] for p, prompt_beams in zip(prompt_ids, beams)
+                       for new in prompt_beams]
+            logits, kv_cache = read(windows, step + 1)
     return found

@@ -4,8 +4,8 @@
     read_prompts(lm, ["The", [464, 3290]], 50)   # a list of prompts (a list of ints stays ONE prompt)
 
 Each prompt becomes the ids the model reads, bos + prompt (no second bos), and how many tokens it
-may add. A batch is left-padded to its longest prompt (`left_padded`); `fitting_groups` splits the
-prompts into batches whose padding never pushes a row past the model's context.
+may add (also past the model's context: the decoders crop their windows). A batch is left-padded to its
+longest prompt (`left_padded`).
 """
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 class Prompts:
     given: List[List[int]]  # each prompt's ids as passed: a returned sample starts with them
     contexts: List[List[int]]  # what the model reads: bos + ids
-    n_new: List[int]  # tokens each prompt may add (max_seq_len, the model's context)
+    n_new: List[int]  # tokens each prompt may add (max_seq_len - its length, or max_new_tokens)
     batched: bool  # a list of prompts was passed: return a list of results
 
 
@@ -35,11 +35,9 @@ def is_prompt_list(pref: Any) -> bool:
     return all(is_prompt)
 
 
-def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, past_the_context: bool = False,
-                 max_new_tokens: Optional[int] = None) -> Prompts:
+def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, max_new_tokens: Optional[int] = None) -> Prompts:
     """The prompts in `pref`, with the same input forms and checks as lm(x); ValueError on a bad one.
-    Each may add tokens up to max_seq_len in all (or max_new_tokens new ones, when given), and without
-    past_the_context only as many as fit the model's context (beam search)."""
+    Each may add tokens up to max_seq_len in all (or max_new_tokens new ones, when given)."""
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 0:
         raise ValueError(f"max_seq_len is the returned sample's length in tokens, prompt included: give an int "
                          f">= 0, got {max_seq_len!r}")
@@ -55,10 +53,8 @@ def read_prompts(lm: nn.Module, pref: Any, max_seq_len: int, past_the_context: b
     if max_new_tokens is not None:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_seq_len (new tokens) must be an int >= 0, got {max_new_tokens!r}")
-        return Prompts(given, contexts, [max_new_tokens if past_the_context else
-                                         min(max_new_tokens, context_len - len(c) + 1) for c in contexts], batched)
-    n_new = [max_seq_len - len(ids) if past_the_context else min(max_seq_len - len(ids), context_len - len(context) + 1)
-             for ids, context in zip(given, contexts)]
+        return Prompts(given, contexts, [max_new_tokens] * len(contexts), batched)
+    n_new = [max_seq_len - len(ids) for ids in given]
     return Prompts(given, contexts, n_new, batched)
 
 
@@ -85,16 +81,3 @@ def left_padded(contexts: Sequence[List[int]], pad_id: int, device: torch.device
     pad_left = [longest - len(c) for c in contexts]
     x = torch.tensor([[pad_id] * p + c for p, c in zip(pad_left, contexts)], dtype=torch.long, device=device)
     return x, (torch.tensor(pad_left, dtype=torch.long, device=device) if any(pad_left) else None)
-
-
-def fitting_groups(contexts: Sequence[List[int]], n_new: Sequence[int], context_len: int) -> List[List[int]]:
-    """Prompt indices in batches (longest prompts first) whose cache fits the model's context: a batch
-    padded to its longest prompt, L tokens, reads L + n - 1 positions to add n tokens."""
-    groups: List[List[int]] = []
-    for i in sorted(range(len(contexts)), key=lambda i: -len(contexts[i])):
-        group = groups[-1] if groups else None
-        if group and len(contexts[group[0]]) + max(n_new[j] for j in group + [i]) - 1 <= context_len:
-            group.append(i)
-        else:
-            groups.append([i])
-    return groups
