@@ -119,7 +119,7 @@ def sample(lm: nn.Module, pref: Any = "", max_seq_len: int = 100, temperature: f
     generated in batches, each the same as sampling its prompt alone with the same seed.
     max_new_tokens: at most that many new tokens for every prompt instead (max_seq_len is then not read)."""
     check_sampling_args(temperature, nucleus, top_k)
-    prompts = read_prompts(lm, pref, max_seq_len, past_the_context=True, max_new_tokens=max_new_tokens)
+    prompts = read_prompts(lm, pref, max_seq_len, max_new_tokens=max_new_tokens)
     new: List[List[int]] = []
     # inference mode: less bookkeeping per op than no_grad; cpu_decoding: faster products on a CPU
     with evaluating(lm), cpu_decoding(lm, rows=len(prompts.contexts)), torch.inference_mode():
