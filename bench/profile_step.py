@@ -1,7 +1,7 @@
 """Where a float32 training step of the nanoGPT-sized model goes: our LM in a plain loop, in Lightning as
 run_training sets it up, and (with --nanogpt DIR) nanoGPT's GPT in the same process, on the same batch shape.
 
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LM_DATA_PATH=../shared/data \
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LM_DATA_PATH=YOUR_DATA_FOLDER \
         .venv/bin/python bench/profile_step.py [--nanogpt /tmp/nanoGPT] [--steps 60] [--profile]
 
 The model is the one of ../shared/bench/vs-nanogpt.sh (4 layers, 4 heads, dim 128, context 64, batch 12, no biases
